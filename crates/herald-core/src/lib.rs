@@ -1,0 +1,8 @@
+//! Herald's core model: the wire protocol shared by the server, the CLI, clients and benchmarks.
+
+pub mod api;
+pub mod channel;
+pub mod codes;
+pub mod protocol;
+
+pub use codes::{Disconnect, ProtocolError};
