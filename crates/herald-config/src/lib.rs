@@ -1,1 +1,469 @@
-//! placeholder
+//! Herald's configuration: Centrifugo v6 key names, read from a TOML, YAML or JSON file, then
+//! `HERALD_*` environment variables, then command-line flags (applied by the binary).
+//!
+//! Keys nobody knows (typos) and bad values are rejected with the key's full path and the reason;
+//! Centrifugo keys Herald does not support yet are removed with a warning naming them, so a
+//! Centrifugo user's configuration loads as is.
+
+mod duration;
+mod keys;
+
+pub use keys::{all_keys, KeyDoc};
+
+use figment::providers::{Format as _, Json, Toml, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_server: HttpServer,
+    pub client: Client,
+    pub channel: Channel,
+    pub http_api: HttpApi,
+    pub log: Log,
+    pub shutdown: Shutdown,
+    pub websocket: WebSocket,
+    pub prometheus: Prometheus,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpServer {
+    pub address: String,
+    pub port: u16,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        Self { address: "127.0.0.1".into(), port: 8000 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Token {
+    pub hmac_secret_key: String,
+    pub rsa_public_key: String,
+    pub ecdsa_public_key: String,
+    pub audience: String,
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Client {
+    pub insecure: bool,
+    pub token: Token,
+    pub allowed_origins: Vec<String>,
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
+    pub channel_limit: usize,
+    pub queue_max_size: usize,
+    pub connection_limit: usize,
+    pub user_connection_limit: usize,
+    #[serde(with = "duration")]
+    pub expired_close_delay: Duration,
+    #[serde(with = "duration")]
+    pub expired_sub_close_delay: Duration,
+    pub history_max_publication_limit: usize,
+    pub recovery_max_publication_limit: usize,
+    pub allow_anonymous_connect_without_token: bool,
+    pub disallow_anonymous_connection_tokens: bool,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            insecure: false,
+            token: Token::default(),
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            channel_limit: 128,
+            queue_max_size: 1 << 20,
+            connection_limit: 0,
+            user_connection_limit: 0,
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Channel {
+    pub max_length: usize,
+    pub without_namespace: NamespaceOptions,
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Self { max_length: 255, without_namespace: NamespaceOptions::default(), namespaces: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: NamespaceOptions,
+}
+
+/// Per-namespace channel options; all off by default, as in Centrifugo.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    pub presence: bool,
+    pub join_leave: bool,
+    pub force_push_join_leave: bool,
+    pub history_size: usize,
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
+    #[serde(with = "duration")]
+    pub history_meta_ttl: Duration,
+    pub force_recovery: bool,
+    pub allow_recovery: bool,
+    pub force_positioning: bool,
+    pub allow_positioning: bool,
+    pub allow_subscribe_for_client: bool,
+    pub allow_subscribe_for_anonymous: bool,
+    pub allow_publish_for_client: bool,
+    pub allow_publish_for_subscriber: bool,
+    pub allow_publish_for_anonymous: bool,
+    pub allow_presence_for_client: bool,
+    pub allow_presence_for_subscriber: bool,
+    pub allow_presence_for_anonymous: bool,
+    pub allow_history_for_client: bool,
+    pub allow_history_for_subscriber: bool,
+    pub allow_history_for_anonymous: bool,
+    pub allow_user_limited_channels: bool,
+    pub channel_regex: String,
+    pub allow_tags_filter: bool,
+    pub allowed_delta_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApi {
+    pub key: String,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+    pub format: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocket {
+    pub message_size_limit: usize,
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self { message_size_limit: 65536, write_timeout: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Prometheus {
+    pub enabled: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Health {
+    pub enabled: bool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Config {
+    /// Options of a namespace: `""` is the top level (`channel.without_namespace`); `None` for a
+    /// namespace that is not configured.
+    pub fn namespace_options(&self, namespace: &str) -> Option<&NamespaceOptions> {
+        if namespace.is_empty() {
+            Some(&self.channel.without_namespace)
+        } else {
+            self.channel.namespaces.iter().find(|n| n.name == namespace).map(|n| &n.options)
+        }
+    }
+}
+
+/// What `herald serve` uses without a config file: Centrifugo's defaults, plus a top level that
+/// lets authenticated clients subscribe, see presence and join/leave, and recover the last 100
+/// publications of 5 minutes.
+pub fn embedded_defaults() -> Config {
+    let mut config = Config::default();
+    config.channel.without_namespace = NamespaceOptions {
+        presence: true,
+        join_leave: true,
+        history_size: 100,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        allow_recovery: true,
+        allow_positioning: true,
+        allow_subscribe_for_client: true,
+        allow_history_for_subscriber: true,
+        allow_presence_for_subscriber: true,
+        ..Default::default()
+    };
+    config
+}
+
+/// A loaded configuration and the warnings to print at start.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+    Json,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "toml" => Some(Self::Toml),
+            "yaml" | "yml" => Some(Self::Yaml),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: unsupported file extension (use .toml, .yaml, .yml or .json)")]
+    Extension { path: String },
+    #[error("cannot parse the configuration: {0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// Loads a file (format by extension) with `HERALD_*` overrides from `env`.
+pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    let Some(path) = file else {
+        return layer(Value::Object(Map::new()), Config::default(), env);
+    };
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(ConfigError::Read { path: shown, reason: "no such file".into() });
+    }
+    let format = Format::from_path(path).ok_or(ConfigError::Extension { path: shown.clone() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: shown, reason: e.to_string() })?;
+    load_str(&text, format, env)
+}
+
+/// Loads configuration text of a known format with `HERALD_*` overrides.
+pub fn load_str(
+    text: &str,
+    format: Format,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    layer(parse(text, format)?, Config::default(), env)
+}
+
+/// The embedded defaults with `HERALD_*` overrides: `herald serve` without `--config`.
+pub fn load_embedded(env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    layer(Value::Object(Map::new()), embedded_defaults(), env)
+}
+
+fn parse(text: &str, format: Format) -> Result<Value, ConfigError> {
+    let figment = match format {
+        Format::Toml => Figment::from(Toml::string(text)),
+        Format::Yaml => Figment::from(Yaml::string(text)),
+        Format::Json => Figment::from(Json::string(text)),
+    };
+    let value: Value = figment.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Map::new())),
+        _ => Err(ConfigError::Parse("the top level must be a table/object of keys".into())),
+    }
+}
+
+/// Merges `overlay` onto `base`: objects key by key, anything else replaced.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+fn layer(
+    file: Value,
+    defaults: Config,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut file = file;
+    keys::strip_unsupported(&mut file, "", &mut warnings);
+    let mut tree = serde_json::to_value(&defaults).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    merge(&mut tree, file);
+    keys::apply_env(&mut tree, env, &mut warnings)?;
+    let config: Config = serde_path_to_error::deserialize(&tree).map_err(|error| {
+        let path = error.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let (key, reason) = keys::explain(&path, &error.inner().to_string());
+        invalid(if key.is_empty() { String::from("(top level)") } else { key }, reason)
+    })?;
+    validate(&config)?;
+    Ok(Loaded { config, warnings })
+}
+
+const DELTA_TYPES: &[&str] = &["fossil", "json-patch"];
+
+fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), ConfigError> {
+    let history = options.history_size > 0 || !options.history_ttl.is_zero();
+    if options.history_size > 0 && options.history_ttl.is_zero() {
+        return Err(invalid(format!("{path}.history_ttl"), "must be set when history_size is set"));
+    }
+    if !options.history_ttl.is_zero() && options.history_size == 0 {
+        return Err(invalid(format!("{path}.history_size"), "must be set when history_ttl is set"));
+    }
+    for (flag, on) in [
+        ("force_recovery", options.force_recovery),
+        ("force_positioning", options.force_positioning),
+        ("allow_positioning", options.allow_positioning),
+    ] {
+        if on && !history {
+            return Err(invalid(format!("{path}.{flag}"), "needs history (history_size and history_ttl)"));
+        }
+    }
+    if !options.channel_regex.is_empty() {
+        regex::Regex::new(&options.channel_regex)
+            .map_err(|e| invalid(format!("{path}.channel_regex"), format!("not a valid regular expression: {e}")))?;
+    }
+    for (i, delta) in options.allowed_delta_types.iter().enumerate() {
+        if !DELTA_TYPES.contains(&delta.as_str()) {
+            return Err(invalid(
+                format!("{path}.allowed_delta_types[{i}]"),
+                format!("unknown delta type {delta:?} (known: {})", DELTA_TYPES.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let client = &config.client;
+    if client.ping_interval.is_zero() {
+        return Err(invalid("client.ping_interval", "must be greater than zero"));
+    }
+    if !client.pong_timeout.is_zero() && client.pong_timeout >= client.ping_interval {
+        return Err(invalid("client.pong_timeout", "must be shorter than client.ping_interval (or 0 to disable)"));
+    }
+    if client.queue_max_size == 0 {
+        return Err(invalid("client.queue_max_size", "must be greater than zero"));
+    }
+    if client.channel_limit == 0 {
+        return Err(invalid("client.channel_limit", "must be greater than zero"));
+    }
+    if config.websocket.message_size_limit == 0 {
+        return Err(invalid("websocket.message_size_limit", "must be greater than zero"));
+    }
+    if config.websocket.write_timeout.is_zero() {
+        return Err(invalid("websocket.write_timeout", "must be greater than zero"));
+    }
+    if config.channel.max_length == 0 {
+        return Err(invalid("channel.max_length", "must be greater than zero"));
+    }
+    if !["trace", "debug", "info", "warn", "error", "none"].contains(&config.log.level.as_str()) {
+        return Err(invalid(
+            "log.level",
+            format!("{:?} is not one of trace, debug, info, warn, error, none", config.log.level),
+        ));
+    }
+    if !["text", "json"].contains(&config.log.format.as_str()) {
+        return Err(invalid("log.format", format!("{:?} is not text or json", config.log.format)));
+    }
+    validate_namespace("channel.without_namespace", &config.channel.without_namespace)?;
+    let name_rule =
+        regex::Regex::new(r"^[-a-zA-Z0-9_.]{2,}$").map_err(|e| invalid("channel.namespaces", e.to_string()))?;
+    for (i, namespace) in config.channel.namespaces.iter().enumerate() {
+        let path = format!("channel.namespaces[{i}]");
+        if !name_rule.is_match(&namespace.name) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!("{:?} must be at least 2 characters of letters, digits, '-', '_' or '.'", namespace.name),
+            ));
+        }
+        if config.channel.namespaces[..i].iter().any(|other| other.name == namespace.name) {
+            return Err(invalid(format!("{path}.name"), format!("namespace {:?} is defined twice", namespace.name)));
+        }
+        validate_namespace(&path, &namespace.options)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,10 @@
 //! Request and result shapes of the server HTTP API (`POST /api/<method>`), as Centrifugo's
 //! `api.proto` defines them, so `cent` and `cent.js` work unchanged.
 
-use crate::protocol::{ClientInfo, Publication, RawJson, Since};
+pub use crate::protocol::{HistoryResult, PresenceResult};
+use crate::protocol::{RawJson, Since};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct PublishRequest {
@@ -103,11 +103,6 @@ pub struct ChannelRequest {
     pub channel: String,
 }
 
-#[derive(Debug, Default, Serialize)]
-pub struct PresenceResult {
-    pub presence: BTreeMap<String, ClientInfo>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 pub struct HistoryRequest {
     #[serde(default)]
@@ -117,13 +112,6 @@ pub struct HistoryRequest {
     pub since: Option<Since>,
     #[serde(default)]
     pub reverse: bool,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct HistoryResult {
-    pub publications: Vec<Arc<Publication>>,
-    pub epoch: String,
-    pub offset: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 //! from them, so they must never change.
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// An error returned in a reply (`{"id": N, "error": {...}}`) or an HTTP API answer.
@@ -76,34 +77,43 @@ impl fmt::Display for ProtocolError {
 impl std::error::Error for ProtocolError {}
 
 /// Why a connection is closed: sent as the WebSocket close code and reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl Disconnect {
-    pub const CONNECTION_CLOSED: Self = Self { code: 3000, reason: "connection closed" };
-    pub const SHUTDOWN: Self = Self { code: 3001, reason: "shutdown" };
-    pub const SERVER_ERROR: Self = Self { code: 3004, reason: "internal server error" };
-    pub const EXPIRED: Self = Self { code: 3005, reason: "connection expired" };
-    pub const SUBSCRIPTION_EXPIRED: Self = Self { code: 3006, reason: "subscription expired" };
-    pub const SLOW: Self = Self { code: 3008, reason: "slow" };
-    pub const WRITE_ERROR: Self = Self { code: 3009, reason: "write error" };
-    pub const INSUFFICIENT_STATE: Self = Self { code: 3010, reason: "insufficient state" };
-    pub const FORCE_RECONNECT: Self = Self { code: 3011, reason: "force reconnect" };
-    pub const NO_PONG: Self = Self { code: 3012, reason: "no pong" };
-    pub const TOO_MANY_REQUESTS: Self = Self { code: 3013, reason: "too many requests" };
-    pub const INVALID_TOKEN: Self = Self { code: 3500, reason: "invalid token" };
-    pub const BAD_REQUEST: Self = Self { code: 3501, reason: "bad request" };
-    pub const STALE: Self = Self { code: 3502, reason: "stale" };
-    pub const FORCE_NO_RECONNECT: Self = Self { code: 3503, reason: "force disconnect" };
-    pub const CONNECTION_LIMIT: Self = Self { code: 3504, reason: "connection limit" };
-    pub const CHANNEL_LIMIT: Self = Self { code: 3505, reason: "channel limit" };
-    pub const INAPPROPRIATE_PROTOCOL: Self = Self { code: 3506, reason: "inappropriate protocol" };
-    pub const PERMISSION_DENIED: Self = Self { code: 3507, reason: "permission denied" };
-    pub const NOT_AVAILABLE: Self = Self { code: 3508, reason: "not available" };
-    pub const TOO_MANY_ERRORS: Self = Self { code: 3509, reason: "too many errors" };
+    pub const CONNECTION_CLOSED: Self = Self::fixed(3000, "connection closed");
+    pub const SHUTDOWN: Self = Self::fixed(3001, "shutdown");
+    pub const SERVER_ERROR: Self = Self::fixed(3004, "internal server error");
+    pub const EXPIRED: Self = Self::fixed(3005, "connection expired");
+    pub const SUBSCRIPTION_EXPIRED: Self = Self::fixed(3006, "subscription expired");
+    pub const SLOW: Self = Self::fixed(3008, "slow");
+    pub const WRITE_ERROR: Self = Self::fixed(3009, "write error");
+    pub const INSUFFICIENT_STATE: Self = Self::fixed(3010, "insufficient state");
+    pub const FORCE_RECONNECT: Self = Self::fixed(3011, "force reconnect");
+    pub const NO_PONG: Self = Self::fixed(3012, "no pong");
+    pub const TOO_MANY_REQUESTS: Self = Self::fixed(3013, "too many requests");
+    pub const INVALID_TOKEN: Self = Self::fixed(3500, "invalid token");
+    pub const BAD_REQUEST: Self = Self::fixed(3501, "bad request");
+    pub const STALE: Self = Self::fixed(3502, "stale");
+    pub const FORCE_NO_RECONNECT: Self = Self::fixed(3503, "force disconnect");
+    pub const CONNECTION_LIMIT: Self = Self::fixed(3504, "connection limit");
+    pub const CHANNEL_LIMIT: Self = Self::fixed(3505, "channel limit");
+    pub const INAPPROPRIATE_PROTOCOL: Self = Self::fixed(3506, "inappropriate protocol");
+    pub const PERMISSION_DENIED: Self = Self::fixed(3507, "permission denied");
+    pub const NOT_AVAILABLE: Self = Self::fixed(3508, "not available");
+    pub const TOO_MANY_ERRORS: Self = Self::fixed(3509, "too many errors");
+
+    const fn fixed(code: u16, reason: &'static str) -> Self {
+        Self { code, reason: Cow::Borrowed(reason) }
+    }
+
+    /// A disconnect with a caller's own code and reason (server API).
+    pub fn custom(code: u16, reason: impl Into<String>) -> Self {
+        Self { code, reason: Cow::Owned(reason.into()) }
+    }
 
     /// Terminal codes tell the client not to reconnect.
     pub fn is_terminal(&self) -> bool {
@@ -112,7 +122,7 @@ impl Disconnect {
 
     /// Looks up a well-known disconnect by code (used by the server API, where callers send a code).
     pub fn from_code(code: u16) -> Option<Self> {
-        ALL_DISCONNECTS.iter().copied().find(|d| d.code == code)
+        ALL_DISCONNECTS.iter().find(|d| d.code == code).cloned()
     }
 }
 

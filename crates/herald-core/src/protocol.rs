@@ -412,10 +412,10 @@ pub mod reply {
     }
 
     /// `{"id": id, "<method>": result}`.
-    pub fn result<T: Serialize>(id: u32, method: &str, result: &T) -> Vec<u8> {
+    pub fn result<T: Serialize>(id: u32, method: &str, result: &T) -> String {
         let reply = Ok { id, result: Named { method, result } };
         // Serializing our own structs into a Vec cannot fail.
-        serde_json::to_vec(&reply).unwrap_or_default()
+        serde_json::to_string(&reply).unwrap_or_default()
     }
 
     #[derive(Serialize)]
@@ -425,8 +425,8 @@ pub mod reply {
     }
 
     /// `{"id": id, "error": {...}}`.
-    pub fn error(id: u32, error: &ProtocolError) -> Vec<u8> {
-        serde_json::to_vec(&Err { id, error }).unwrap_or_default()
+    pub fn error(id: u32, error: &ProtocolError) -> String {
+        serde_json::to_string(&Err { id, error }).unwrap_or_default()
     }
 
     #[derive(Serialize)]
@@ -443,9 +443,9 @@ pub mod reply {
     }
 
     /// `{"push": {"channel": channel, "<kind>": body}}`.
-    pub fn push<T: Serialize>(channel: &str, kind: &str, body: &T) -> Vec<u8> {
+    pub fn push<T: Serialize>(channel: &str, kind: &str, body: &T) -> String {
         let push = PushEnvelope { push: PushBody { channel, body: Named { method: kind, result: body } } };
-        serde_json::to_vec(&push).unwrap_or_default()
+        serde_json::to_string(&push).unwrap_or_default()
     }
 
     #[derive(Serialize)]
@@ -491,9 +491,8 @@ mod tests {
 
     #[test]
     fn subscribe_with_recovery_fields() {
-        let (id, m) = parse(
-            r#"{"id":2,"subscribe":{"channel":"news","recover":true,"epoch":"xyz","offset":7,"flag":1}}"#,
-        );
+        let (id, m) =
+            parse(r#"{"id":2,"subscribe":{"channel":"news","recover":true,"epoch":"xyz","offset":7,"flag":1}}"#);
         assert_eq!(id, 2);
         let Method::Subscribe(s) = m else { panic!("expected subscribe") };
         assert_eq!(s.channel, "news");
@@ -505,18 +504,12 @@ mod tests {
     #[test]
     fn reply_and_push_shapes() {
         let r = reply::result(5, "publish", &EmptyResult {});
-        assert_eq!(std::str::from_utf8(&r).unwrap(), r#"{"id":5,"publish":{}}"#);
+        assert_eq!(r, r#"{"id":5,"publish":{}}"#);
         let e = reply::error(6, &ProtocolError::permission_denied());
-        assert_eq!(
-            std::str::from_utf8(&e).unwrap(),
-            r#"{"id":6,"error":{"code":103,"message":"permission denied"}}"#
-        );
+        assert_eq!(e, r#"{"id":6,"error":{"code":103,"message":"permission denied"}}"#);
         let data: RawJson = Arc::from(RawValue::from_string(r#"{"a":1}"#.into()).unwrap());
         let p = Publication { data, info: None, offset: 3, tags: Default::default(), time: 0 };
         let push = reply::push("news", "pub", &p);
-        assert_eq!(
-            std::str::from_utf8(&push).unwrap(),
-            r#"{"push":{"channel":"news","pub":{"data":{"a":1},"offset":3}}}"#
-        );
+        assert_eq!(push, r#"{"push":{"channel":"news","pub":{"data":{"a":1},"offset":3}}}"#);
     }
 }

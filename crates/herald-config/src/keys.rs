@@ -1,0 +1,389 @@
+//! The key list: supported keys with their documentation, Centrifugo keys Herald does not
+//! support yet, and `HERALD_*` environment variables.
+
+use crate::{Config, ConfigError};
+use serde_json::{Map, Value};
+
+/// One supported key, for `docs/configuration.md` and `herald check-config`.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    pub key: &'static str,
+    pub meaning: &'static str,
+}
+
+const fn doc(key: &'static str, meaning: &'static str) -> KeyDoc {
+    KeyDoc { key, meaning }
+}
+
+/// Every supported key. Namespace options are listed once, under `channel.without_namespace`;
+/// they apply the same way inside each `channel.namespaces[]` entry.
+pub fn all_keys() -> &'static [KeyDoc] {
+    KEYS
+}
+
+const KEYS: &[KeyDoc] = &[
+    doc("http_server.address", "address to bind"),
+    doc("http_server.port", "port to bind; 0 picks a free one"),
+    doc("client.insecure", "development mode: anyone connects, subscribes, publishes, reads history and presence"),
+    doc("client.token.hmac_secret_key", "secret for HS256/384/512 connection and subscription tokens"),
+    doc("client.token.rsa_public_key", "PEM public key for RS256/384/512 tokens"),
+    doc("client.token.ecdsa_public_key", "PEM public key for ES256/384 tokens"),
+    doc("client.token.audience", "required `aud` claim, when set"),
+    doc("client.token.issuer", "required `iss` claim, when set"),
+    doc("client.allowed_origins", "browser origins allowed to connect (`*` wildcards); same-host origins always are"),
+    doc("client.ping_interval", "how often the server pings each connection"),
+    doc("client.pong_timeout", "how long after a ping the client must have answered (0 disables)"),
+    doc("client.channel_limit", "subscriptions per connection"),
+    doc("client.queue_max_size", "bytes queued for one connection before it is disconnected as slow (3008)"),
+    doc("client.connection_limit", "connections per node; 0 is unlimited"),
+    doc("client.user_connection_limit", "connections per user per node; 0 is unlimited"),
+    doc("client.expired_close_delay", "grace after a connection token expires before disconnecting with 3005"),
+    doc("client.expired_sub_close_delay", "grace after a subscription token expires before disconnecting with 3006"),
+    doc("client.history_max_publication_limit", "most publications one history call returns"),
+    doc("client.recovery_max_publication_limit", "most publications a recovery returns; more means recovered: false"),
+    doc("client.allow_anonymous_connect_without_token", "let clients without a token connect as anonymous"),
+    doc("client.disallow_anonymous_connection_tokens", "refuse tokens with an empty `sub`"),
+    doc("channel.max_length", "longest channel name in bytes"),
+    doc("channel.without_namespace", "options of channels without a namespace (the keys below)"),
+    doc("channel.namespaces", "list of namespaces: `name` plus the same options"),
+    doc("channel.without_namespace.presence", "keep presence (who is subscribed)"),
+    doc("channel.without_namespace.join_leave", "send join/leave pushes to subscribers that ask for them"),
+    doc("channel.without_namespace.force_push_join_leave", "send join/leave pushes to every subscriber"),
+    doc(
+        "channel.without_namespace.history_size",
+        "publications kept per channel for history and recovery; 0 disables history",
+    ),
+    doc("channel.without_namespace.history_ttl", "how long publications are kept"),
+    doc(
+        "channel.without_namespace.history_meta_ttl",
+        "how long a stream's offset and epoch outlive its last publication; 0 keeps them",
+    ),
+    doc("channel.without_namespace.force_recovery", "make every subscription recoverable"),
+    doc("channel.without_namespace.allow_recovery", "let clients ask for recovery"),
+    doc("channel.without_namespace.force_positioning", "make every subscription positioned"),
+    doc("channel.without_namespace.allow_positioning", "let clients ask for positioning"),
+    doc(
+        "channel.without_namespace.allow_subscribe_for_client",
+        "authenticated clients may subscribe without a subscription token",
+    ),
+    doc("channel.without_namespace.allow_subscribe_for_anonymous", "anonymous clients may subscribe"),
+    doc("channel.without_namespace.allow_publish_for_client", "clients may publish"),
+    doc("channel.without_namespace.allow_publish_for_subscriber", "subscribers of the channel may publish"),
+    doc(
+        "channel.without_namespace.allow_publish_for_anonymous",
+        "anonymous clients may publish (with one of the above)",
+    ),
+    doc("channel.without_namespace.allow_presence_for_client", "clients may read presence"),
+    doc("channel.without_namespace.allow_presence_for_subscriber", "subscribers may read presence"),
+    doc(
+        "channel.without_namespace.allow_presence_for_anonymous",
+        "anonymous clients may read presence (with one of the above)",
+    ),
+    doc("channel.without_namespace.allow_history_for_client", "clients may read history"),
+    doc("channel.without_namespace.allow_history_for_subscriber", "subscribers may read history"),
+    doc(
+        "channel.without_namespace.allow_history_for_anonymous",
+        "anonymous clients may read history (with one of the above)",
+    ),
+    doc(
+        "channel.without_namespace.allow_user_limited_channels",
+        "`name#user1,user2` channels are open to the listed users",
+    ),
+    doc("channel.without_namespace.channel_regex", "channel names (after `ns:`) must match this regular expression"),
+    doc(
+        "channel.without_namespace.allow_tags_filter",
+        "let subscribers filter by publication tags (accepted; filters are a planned extension)",
+    ),
+    doc(
+        "channel.without_namespace.allowed_delta_types",
+        "delta types subscribers may ask for: `fossil`, `json-patch` (accepted; deltas are a planned extension)",
+    ),
+    doc("http_api.key", "API key for /api (X-API-Key or Authorization: apikey)"),
+    doc("http_api.insecure", "accept /api calls without a key (development)"),
+    doc("log.level", "trace, debug, info, warn, error or none"),
+    doc("log.format", "text or json (Herald's own key)"),
+    doc("shutdown.timeout", "how long a graceful shutdown may take"),
+    doc("websocket.message_size_limit", "largest frame a client may send, in bytes"),
+    doc("websocket.write_timeout", "a write to a client that takes longer ends the connection"),
+    doc("prometheus.enabled", "serve /metrics"),
+    doc("health.enabled", "serve /health"),
+];
+
+/// Centrifugo v6 sections and keys Herald does not support yet: loading removes them with a
+/// warning, so a Centrifugo configuration works as is.
+const UNSUPPORTED: &[&str] = &[
+    "engine",
+    "redis",
+    "broker",
+    "presence_manager",
+    "admin",
+    "grpc_api",
+    "uni_sse",
+    "uni_http_stream",
+    "uni_websocket",
+    "uni_grpc",
+    "unified_proxy",
+    "proxies",
+    "consumers",
+    "tls",
+    "tls_autocert",
+    "tls_external",
+    "http3",
+    "sse",
+    "http_stream",
+    "webtransport",
+    "emulation",
+    "opentelemetry",
+    "graphite",
+    "usage_stats",
+    "node",
+    "debug",
+    "swagger",
+    "pid_file",
+    "channel.proxy",
+    "channel.history_meta_ttl",
+    "client.proxy",
+    "client.subscribe_to_user_personal_channel",
+    "client.connect_include_server_time",
+    "client.concurrency",
+    "client.connection_rate_limit",
+    "client.user_id_http_header",
+    "client.connect_code_to_unidirectional_disconnect",
+    "client.subscription_token",
+    "client.token.jwks_public_endpoint",
+    "client.token.user_id_claim",
+    "client.token.issuer_regex",
+    "client.token.audience_regex",
+    "client.stale_close_delay",
+    "client.channel_position_check_delay",
+    "client.channel_position_max_time_lag",
+    "client.max_length",
+    "http_server.tls",
+    "http_server.tls_autocert",
+    "http_server.internal_address",
+    "http_server.internal_port",
+    "http_server.internal_tls",
+    "http_server.handler_prefix",
+    "http_api.handler_prefix",
+    "http_api.error_mode",
+    "http_api.external",
+    "websocket.compression",
+    "websocket.compression_min_size",
+    "websocket.compression_level",
+    "websocket.read_buffer_size",
+    "websocket.write_buffer_size",
+    "websocket.use_write_buffer_pool",
+    "websocket.handler_prefix",
+    "websocket.disabled",
+    "log.file",
+    "prometheus.instrument_http_handlers",
+    "prometheus.handler_prefix",
+    "health.handler_prefix",
+    "shutdown.termination_delay",
+];
+
+/// Per-namespace Centrifugo options Herald does not support yet.
+const UNSUPPORTED_NAMESPACE: &[&str] = &[
+    "subscribe_proxy_enabled",
+    "subscribe_proxy_name",
+    "publish_proxy_enabled",
+    "publish_proxy_name",
+    "sub_refresh_proxy_enabled",
+    "sub_refresh_proxy_name",
+    "subscribe_stream_proxy_enabled",
+    "subscribe_stream_proxy_name",
+    "force_recovery_mode",
+    "delta_publish",
+    "keep_latest_publication",
+    "allow_channel_compaction",
+    "batch_max_size",
+    "batch_max_delay",
+    "batch_flush_latest",
+    "shared_position_sync",
+    "subscribe_cache_proxy_enabled",
+    "allow_subscribe_for_proxy",
+];
+
+fn is_namespace_options(path: &str) -> bool {
+    path == "channel.without_namespace" || (path.starts_with("channel.namespaces[") && path.ends_with(']'))
+}
+
+/// Removes the unsupported keys from `value` (found at `path`), warning about each.
+pub fn strip_unsupported(value: &mut Value, path: &str, warnings: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            let namespace = is_namespace_options(path);
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let unsupported = UNSUPPORTED.contains(&child.as_str())
+                    || (namespace && UNSUPPORTED_NAMESPACE.contains(&key.as_str()));
+                if unsupported {
+                    map.remove(&key);
+                    warnings.push(format!("key `{child}` is a Centrifugo option Herald does not support yet; ignored"));
+                } else if let Some(inner) = map.get_mut(&key) {
+                    strip_unsupported(inner, &child, warnings);
+                }
+            }
+        }
+        Value::Array(items) if path == "channel.namespaces" => {
+            for (i, item) in items.iter_mut().enumerate() {
+                strip_unsupported(item, &format!("{path}[{i}]"), warnings);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Variables that share the prefix but are not configuration.
+const NOT_CONFIG: &[&str] = &["HERALD_REQUIRE_SERVICES", "HERALD_TOKEN"];
+
+fn leaves(value: &Value, path: String, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                leaves(child, child_path, out);
+            }
+        }
+        _ => out.push((path, value.clone())),
+    }
+}
+
+/// The scalar (and list) keys that environment variables can set, with a sample value of their type.
+fn env_keys() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    if let Ok(tree) = serde_json::to_value(Config::default()) {
+        leaves(&tree, String::new(), &mut out);
+    }
+    out
+}
+
+fn env_name(path: &str) -> String {
+    format!("HERALD_{}", path.to_ascii_uppercase().replace('.', "_"))
+}
+
+fn parse_env(key: &str, name: &str, sample: &Value, raw: &str) -> Result<Value, ConfigError> {
+    let bad = |reason: String| ConfigError::Invalid { key: format!("{key} (from {name})"), reason };
+    match sample {
+        Value::Bool(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" | "" => Ok(Value::Bool(false)),
+            other => Err(bad(format!("{other:?} is not a boolean"))),
+        },
+        Value::Number(_) => raw
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| bad(format!("{raw:?} is not a non-negative integer"))),
+        Value::Array(_) => {
+            let trimmed = raw.trim();
+            if trimmed.starts_with('[') {
+                serde_json::from_str(trimmed).map_err(|e| bad(format!("not a JSON list: {e}")))
+            } else {
+                Ok(Value::Array(
+                    trimmed
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.into()))
+                        .collect(),
+                ))
+            }
+        }
+        _ => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+fn set(tree: &mut Value, path: &str, value: Value) {
+    let mut node = tree;
+    for part in path.split('.') {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else { return };
+        node = map.entry(part.to_owned()).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+/// Applies `HERALD_*` variables to the configuration tree.
+pub fn apply_env(
+    tree: &mut Value,
+    env: impl IntoIterator<Item = (String, String)>,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let keys = env_keys();
+    let mut vars: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with("HERALD_")).collect();
+    vars.sort();
+    for (name, raw) in vars {
+        if NOT_CONFIG.contains(&name.as_str()) {
+            continue;
+        }
+        match keys.iter().find(|(path, _)| env_name(path) == name) {
+            Some((path, sample)) => {
+                let value = parse_env(path, &name, sample, &raw)?;
+                set(tree, path, value);
+            }
+            None => warnings.push(format!("environment variable {name} names no configuration key; ignored")),
+        }
+    }
+    Ok(())
+}
+
+/// Makes serde's messages name the full key and say what to do.
+pub fn explain(path: &str, reason: &str) -> (String, String) {
+    let Some(rest) = reason.strip_prefix("unknown field `") else {
+        return (path.to_owned(), reason.to_owned());
+    };
+    let field = rest.split('`').next().unwrap_or_default();
+    // With flattened namespace options the path stops at the namespace; name the key itself.
+    let (parent, full) = if path.ends_with(&format!(".{field}")) || path == field {
+        (path.rsplit_once('.').map_or("", |(parent, _)| parent).to_owned(), path.to_owned())
+    } else {
+        (path.to_owned(), if path.is_empty() || path == "." { field.to_owned() } else { format!("{path}.{field}") })
+    };
+    let documented_parent =
+        if parent.starts_with("channel.namespaces[") { "channel.without_namespace".to_owned() } else { parent };
+    let suggestion = all_keys()
+        .iter()
+        .filter_map(|k| k.key.rsplit_once('.').filter(|(p, _)| *p == documented_parent).map(|(_, last)| last))
+        .chain(
+            documented_parent
+                .is_empty()
+                .then_some([
+                    "http_server",
+                    "client",
+                    "channel",
+                    "http_api",
+                    "log",
+                    "shutdown",
+                    "websocket",
+                    "prometheus",
+                    "health",
+                ])
+                .into_iter()
+                .flatten(),
+        )
+        .filter(|known| edit_distance(known, field) <= 2)
+        .min_by_key(|known| edit_distance(known, field));
+    let reason = match suggestion {
+        Some(s) => format!("unknown key (did you mean `{s}`?)"),
+        None => "unknown key".to_owned(),
+    };
+    (full, reason)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}

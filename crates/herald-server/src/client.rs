@@ -1,0 +1,823 @@
+//! One connection's protocol session: authentication, subscriptions and command handling.
+//!
+//! The session is owned by its connection task, so its state needs no locks; the rest of the
+//! node reaches it through [`Control`] orders.
+
+use crate::auth::{unix_now, TokenError};
+use crate::engine::{HistoryFilter, HistoryPage, StreamPosition};
+use crate::hub::{go_live_together, Subscription};
+use crate::metrics;
+use crate::node::{NodeInner, Publish, RpcContext};
+use crate::outbound::{ClientHandle, Control};
+use axum::extract::ws::Utf8Bytes;
+use herald_config::NamespaceOptions;
+use herald_core::channel::ChannelName;
+use herald_core::protocol::{
+    reply, ClientInfo, Command, ConnectRequest, ConnectResult, EmptyResult, HistoryRequest, HistoryResult, Method,
+    PresenceResult, PresenceStatsResult, Publication, RawJson, RefreshRequest, RefreshResult, RpcRequest, RpcResult,
+    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+};
+use herald_core::{Disconnect, ProtocolError};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct ClientSubscription {
+    expires_at: Option<u64>,
+    chan_info: Option<RawJson>,
+    presence: bool,
+    join_leave: bool,
+}
+
+/// A subscription registered in the hub whose reply is not yet queued.
+struct PreparedSubscription {
+    channel: String,
+    subscription: Arc<Subscription>,
+    history: Option<HistoryPage>,
+    recovering: bool,
+    recoverable: bool,
+    positioned: bool,
+    expires_at: Option<u64>,
+    recovery_limit: usize,
+}
+
+impl PreparedSubscription {
+    /// The subscribe result and the live publications that must follow it, given what arrived
+    /// while the history was read. Publications up to the stream top read are either recovered
+    /// or were before the subscription point; later ones are new, each exactly once.
+    fn finish(&self, buffered: Vec<Arc<Publication>>) -> (SubscribeResult, Vec<Arc<Publication>>) {
+        let mut result = SubscribeResult { was_recovering: self.recovering, ..Default::default() };
+        if let Some((expires, ttl)) = ttl_of(self.expires_at) {
+            result.expires = expires;
+            result.ttl = ttl;
+        }
+        let Some(page) = &self.history else {
+            return (result, buffered);
+        };
+        let top = page.position.offset;
+        let newer: Vec<Arc<Publication>> = buffered.into_iter().filter(|p| p.offset > top).collect();
+        result.epoch = page.position.epoch.clone();
+        result.recoverable = self.recoverable;
+        result.positioned = self.positioned;
+        result.offset = top;
+        if self.recovering {
+            if page.since_available && page.publications.len() <= self.recovery_limit {
+                result.recovered = true;
+                result.publications = page.publications.clone();
+                result.publications.extend(newer);
+                result.offset = result.publications.last().map_or(top, |p| p.offset.max(top));
+                return (result, Vec::new());
+            }
+            metrics::bad_input("unrecoverable_position");
+        }
+        (result, newer)
+    }
+}
+
+/// Seconds until `expires_at` as (expires, ttl) for results; `None` when it never expires.
+fn ttl_of(expires_at: Option<u64>) -> Option<(bool, u32)> {
+    expires_at.map(|at| (true, at.saturating_sub(unix_now()).min(u64::from(u32::MAX)) as u32))
+}
+
+fn publication_frames<'a>(
+    channel: &'a str,
+    publications: &'a [Arc<Publication>],
+) -> impl Iterator<Item = Utf8Bytes> + 'a {
+    publications.iter().map(move |p| Utf8Bytes::from(reply::push(channel, "pub", p.as_ref())))
+}
+
+pub(crate) struct Session {
+    node: Arc<NodeInner>,
+    handle: Arc<ClientHandle>,
+    authenticated: bool,
+    user: String,
+    conn_info: Option<RawJson>,
+    expires_at: Option<u64>,
+    subscriptions: HashMap<String, ClientSubscription>,
+}
+
+type CommandResult = Result<(), Disconnect>;
+
+impl Session {
+    pub fn new(node: Arc<NodeInner>, handle: Arc<ClientHandle>) -> Self {
+        Self {
+            node,
+            handle,
+            authenticated: false,
+            user: String::new(),
+            conn_info: None,
+            expires_at: None,
+            subscriptions: HashMap::new(),
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    fn insecure(&self) -> bool {
+        self.node.config.client.insecure
+    }
+
+    fn send<T: Serialize>(&self, id: u32, method: &str, result: &T) {
+        self.handle.send(Utf8Bytes::from(reply::result(id, method, result)));
+    }
+
+    fn send_error(&self, id: u32, method: &'static str, error: &ProtocolError) {
+        tracing::info!(client = %self.handle.id, user = %self.user, method, code = error.code, message = %error.message, "command refused");
+        metrics::error("client", error.code);
+        self.handle.send(Utf8Bytes::from(reply::error(id, error)));
+    }
+
+    /// Handles one WebSocket text frame: one or more commands separated by newlines.
+    pub async fn handle_frame(&mut self, text: &str) -> CommandResult {
+        for line in text.split('\n') {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let command: Command = match serde_json::from_str(line) {
+                Ok(command) => command,
+                Err(error) => {
+                    tracing::info!(client = %self.handle.id, %error, "malformed command");
+                    metrics::bad_input("malformed_json");
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+            };
+            let (id, method) = command.into_method();
+            let name = method.name();
+            let started = Instant::now();
+            self.handle_command(id, method).await?;
+            metrics::command(name, started.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, id: u32, method: Method) -> CommandResult {
+        if !self.authenticated {
+            return match method {
+                Method::Connect(request) => self.connect(id, request).await,
+                other => {
+                    tracing::info!(client = %self.handle.id, method = other.name(), "command before connect");
+                    metrics::bad_input("command_before_connect");
+                    Err(Disconnect::BAD_REQUEST)
+                }
+            };
+        }
+        match method {
+            Method::Connect(_) => {
+                tracing::info!(client = %self.handle.id, "second connect on one connection");
+                metrics::bad_input("second_connect");
+                Err(Disconnect::BAD_REQUEST)
+            }
+            Method::Subscribe(request) => {
+                self.subscribe_command(id, request).await;
+                Ok(())
+            }
+            Method::Unsubscribe(request) => {
+                self.unsubscribe(&request.channel, None).await;
+                self.send(id, "unsubscribe", &EmptyResult {});
+                Ok(())
+            }
+            Method::Publish(request) => {
+                match self.publish(request.channel, request.data).await {
+                    Ok(()) => self.send(id, "publish", &EmptyResult {}),
+                    Err(error) => self.send_error(id, "publish", &error),
+                }
+                Ok(())
+            }
+            Method::Presence(request) => {
+                match self.presence(&request.channel).await {
+                    Ok(presence) => self.send(id, "presence", &PresenceResult { presence }),
+                    Err(error) => self.send_error(id, "presence", &error),
+                }
+                Ok(())
+            }
+            Method::PresenceStats(request) => {
+                match self.presence_stats(&request.channel).await {
+                    Ok(result) => self.send(id, "presence_stats", &result),
+                    Err(error) => self.send_error(id, "presence_stats", &error),
+                }
+                Ok(())
+            }
+            Method::History(request) => {
+                match self.history(request).await {
+                    Ok(result) => self.send(id, "history", &result),
+                    Err(error) => self.send_error(id, "history", &error),
+                }
+                Ok(())
+            }
+            Method::Ping => {
+                self.send(id, "ping", &EmptyResult {});
+                Ok(())
+            }
+            Method::Pong => Ok(()),
+            Method::Send(request) => {
+                let handler = self.node.message_handler.read().clone();
+                if let Some(handler) = handler {
+                    handler(self.rpc_context(""), request.data);
+                }
+                Ok(())
+            }
+            Method::Rpc(request) => {
+                self.rpc(id, request);
+                Ok(())
+            }
+            Method::Refresh(request) => self.refresh(id, request),
+            Method::SubRefresh(request) => {
+                match self.sub_refresh(request) {
+                    Ok(result) => self.send(id, "sub_refresh", &result),
+                    Err(error) => self.send_error(id, "sub_refresh", &error),
+                }
+                Ok(())
+            }
+            Method::Unknown => {
+                metrics::bad_input("unknown_method");
+                self.send_error(id, "unknown", &ProtocolError::method_not_found());
+                Ok(())
+            }
+        }
+    }
+
+    fn client_info(&self, chan_info: Option<RawJson>) -> ClientInfo {
+        ClientInfo {
+            user: self.user.clone(),
+            client: self.handle.id.clone(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    fn rpc_context(&self, method: &str) -> RpcContext {
+        RpcContext { client_id: self.handle.id.clone(), user: self.user.clone(), method: method.to_owned() }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // connect, refresh
+
+    async fn connect(&mut self, id: u32, request: ConnectRequest) -> CommandResult {
+        let config = &self.node.config.client;
+        let mut server_channels: Vec<String> = Vec::new();
+        if !request.token.is_empty() {
+            match self.node.tokens.verify_connect(&request.token) {
+                Ok(claims) => {
+                    self.user = claims.sub.clone();
+                    self.conn_info = claims.info.clone();
+                    self.expires_at = claims.expires_at();
+                    server_channels.extend(claims.channels.iter().cloned());
+                    let mut from_subs: Vec<String> = claims.subs.keys().cloned().collect();
+                    from_subs.sort();
+                    server_channels.extend(from_subs);
+                    if self.user.is_empty() && config.disallow_anonymous_connection_tokens {
+                        self.send_error(id, "connect", &ProtocolError::unauthorized());
+                        return Err(Disconnect::custom(3500, "anonymous tokens are not allowed"));
+                    }
+                }
+                Err(TokenError::Expired) => {
+                    // The SDK asks its application for a fresh token and reconnects.
+                    self.send_error(id, "connect", &ProtocolError::token_expired());
+                    return Ok(());
+                }
+                Err(TokenError::Invalid(reason)) => {
+                    tracing::info!(client = %self.handle.id, %reason, "invalid connection token");
+                    metrics::bad_input("invalid_token");
+                    return Err(Disconnect::INVALID_TOKEN);
+                }
+            }
+        } else if !(config.insecure || config.allow_anonymous_connect_without_token) {
+            self.send_error(id, "connect", &ProtocolError::unauthorized().with_message("connection token required"));
+            return Err(Disconnect::custom(3500, "unauthorized"));
+        }
+        if config.connection_limit > 0 && self.node.hub.num_clients() >= config.connection_limit {
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        if config.user_connection_limit > 0
+            && !self.user.is_empty()
+            && self.node.hub.user_connection_count(&self.user) >= config.user_connection_limit
+        {
+            self.send_error(id, "connect", &ProtocolError::limit_exceeded());
+            return Err(Disconnect::CONNECTION_LIMIT);
+        }
+        if server_channels.len() > config.channel_limit {
+            return Err(Disconnect::CHANNEL_LIMIT);
+        }
+
+        self.authenticated = true;
+        self.handle.set_user(self.user.clone());
+        self.node.hub.add_client(self.handle.clone());
+
+        let mut result = ConnectResult {
+            client: self.handle.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            ping: config.ping_interval.as_secs().max(1) as u32,
+            pong: !config.pong_timeout.is_zero(),
+            session: self.handle.id.clone(),
+            node: self.node.id.clone(),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some((expires, ttl)) = ttl_of(self.expires_at) {
+            result.expires = expires;
+            result.ttl = ttl;
+        }
+
+        // Server-side subscriptions: the client's positions (from `subs`) drive their recovery.
+        let mut prepared = Vec::new();
+        for channel in server_channels {
+            if self.subscriptions.contains_key(&channel)
+                || prepared.iter().any(|p: &PreparedSubscription| p.channel == channel)
+            {
+                continue;
+            }
+            let mut sub_request = request.subs.get(&channel).cloned().unwrap_or_default();
+            sub_request.channel = channel.clone();
+            match self.prepare_subscription(&sub_request, true).await {
+                Ok(p) => prepared.push(p),
+                Err(error) => {
+                    tracing::warn!(client = %self.handle.id, %channel, %error, "server-side subscription from token failed")
+                }
+            }
+        }
+        let subscriptions: Vec<&Subscription> = prepared.iter().map(|p| p.subscription.as_ref()).collect();
+        if subscriptions.is_empty() {
+            self.send(id, "connect", &result);
+        } else {
+            let mut result = Some(result);
+            go_live_together(&subscriptions, |buffers| {
+                let mut result = result.take().unwrap_or_default();
+                let mut after = Vec::new();
+                for (p, buffered) in prepared.iter().zip(buffers) {
+                    let (sub_result, newer) = p.finish(buffered);
+                    result.subs.insert(p.channel.clone(), sub_result);
+                    after.extend(publication_frames(&p.channel, &newer).collect::<Vec<_>>());
+                }
+                let mut frames = vec![Utf8Bytes::from(reply::result(id, "connect", &result))];
+                frames.extend(after);
+                frames
+            });
+        }
+        for p in prepared {
+            self.complete_subscription(p).await;
+        }
+        tracing::debug!(client = %self.handle.id, user = %self.user, "connected");
+        Ok(())
+    }
+
+    fn refresh(&mut self, id: u32, request: RefreshRequest) -> CommandResult {
+        if request.token.is_empty() {
+            self.send_error(id, "refresh", &ProtocolError::bad_request().with_message("token required"));
+            return Ok(());
+        }
+        match self.node.tokens.verify_connect(&request.token) {
+            Ok(claims) if claims.sub == self.user => {
+                self.expires_at = claims.expires_at();
+                if claims.info.is_some() {
+                    self.conn_info = claims.info;
+                }
+                let (expires, ttl) = ttl_of(self.expires_at).unwrap_or((false, 0));
+                self.send(
+                    id,
+                    "refresh",
+                    &RefreshResult {
+                        client: self.handle.id.clone(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        expires,
+                        ttl,
+                    },
+                );
+                Ok(())
+            }
+            Ok(_) => {
+                tracing::info!(client = %self.handle.id, "refresh token names another user");
+                Err(Disconnect::INVALID_TOKEN)
+            }
+            Err(TokenError::Expired) => Err(Disconnect::EXPIRED),
+            Err(TokenError::Invalid(reason)) => {
+                tracing::info!(client = %self.handle.id, %reason, "invalid refresh token");
+                metrics::bad_input("invalid_token");
+                Err(Disconnect::INVALID_TOKEN)
+            }
+        }
+    }
+
+    /// When the session must next check for expiry, if anything expires.
+    pub fn next_expiry_check(&self) -> Option<Instant> {
+        let client = &self.node.config.client;
+        let conn = self.expires_at.map(|at| (at, client.expired_close_delay));
+        let subs =
+            self.subscriptions.values().filter_map(|s| s.expires_at.map(|at| (at, client.expired_sub_close_delay)));
+        conn.into_iter()
+            .chain(subs)
+            .map(|(at, delay)| {
+                let wait = Duration::from_secs(at.saturating_sub(unix_now())) + delay;
+                Instant::now() + wait
+            })
+            .min()
+    }
+
+    /// Disconnects an expired connection or subscription that was not refreshed in time.
+    pub fn check_expiry(&self) -> CommandResult {
+        let now = unix_now();
+        let client = &self.node.config.client;
+        if let Some(at) = self.expires_at {
+            if at + client.expired_close_delay.as_secs() <= now {
+                return Err(Disconnect::EXPIRED);
+            }
+        }
+        for s in self.subscriptions.values() {
+            if let Some(at) = s.expires_at {
+                if at + client.expired_sub_close_delay.as_secs() <= now {
+                    return Err(Disconnect::SUBSCRIPTION_EXPIRED);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // subscribe, unsubscribe
+
+    async fn subscribe_command(&mut self, id: u32, request: SubscribeRequest) {
+        match self.prepare_subscription(&request, false).await {
+            Ok(prepared) => {
+                prepared.subscription.clone().go_live(|buffered| {
+                    let (result, newer) = prepared.finish(buffered);
+                    let mut frames = vec![Utf8Bytes::from(reply::result(id, "subscribe", &result))];
+                    frames.extend(publication_frames(&prepared.channel, &newer));
+                    frames
+                });
+                self.complete_subscription(prepared).await;
+            }
+            Err(error) => self.send_error(id, "subscribe", &error),
+        }
+    }
+
+    /// A subscription ordered by the server API: announced with a `subscribe` push.
+    async fn server_subscribe(&mut self, request: SubscribeRequest) {
+        if self.subscriptions.contains_key(&request.channel) {
+            return;
+        }
+        match self.prepare_subscription(&request, true).await {
+            Ok(prepared) => {
+                prepared.subscription.clone().go_live(|buffered| {
+                    let (result, newer) = prepared.finish(buffered);
+                    let mut frames = vec![Utf8Bytes::from(reply::push(&prepared.channel, "subscribe", &result))];
+                    frames.extend(publication_frames(&prepared.channel, &newer));
+                    frames
+                });
+                self.complete_subscription(prepared).await;
+            }
+            Err(error) => {
+                tracing::warn!(client = %self.handle.id, channel = %request.channel, %error, "server subscribe failed")
+            }
+        }
+    }
+
+    fn check_subscribe_permission(
+        &self,
+        request: &SubscribeRequest,
+        options: &NamespaceOptions,
+    ) -> Result<(Option<u64>, Option<RawJson>), ProtocolError> {
+        let name = ChannelName::parse(&request.channel);
+        let anonymous = self.user.is_empty();
+        if !request.token.is_empty() {
+            let claims = self.node.tokens.verify_subscribe(&request.token).map_err(|e| match e {
+                TokenError::Expired => ProtocolError::token_expired(),
+                TokenError::Invalid(reason) => {
+                    tracing::info!(client = %self.handle.id, %reason, "invalid subscription token");
+                    metrics::bad_input("invalid_token");
+                    ProtocolError::permission_denied().with_message("invalid subscription token")
+                }
+            })?;
+            if claims.sub != self.user || claims.channel != request.channel {
+                return Err(ProtocolError::permission_denied()
+                    .with_message("subscription token is for another user or channel"));
+            }
+            return Ok((claims.expires_at(), claims.info));
+        }
+        if options.allow_user_limited_channels && name.allowed_users.is_some() {
+            return if name.user_allowed(&self.user) {
+                Ok((None, None))
+            } else {
+                Err(ProtocolError::permission_denied())
+            };
+        }
+        if self.insecure() {
+            return Ok((None, None));
+        }
+        if name.private {
+            return Err(ProtocolError::permission_denied().with_message("subscription token required"));
+        }
+        let allowed =
+            if anonymous { options.allow_subscribe_for_anonymous } else { options.allow_subscribe_for_client };
+        if allowed {
+            Ok((None, None))
+        } else {
+            Err(ProtocolError::permission_denied())
+        }
+    }
+
+    async fn prepare_subscription(
+        &mut self,
+        request: &SubscribeRequest,
+        server_side: bool,
+    ) -> Result<PreparedSubscription, ProtocolError> {
+        let node = self.node.clone();
+        let options = node.channel_options(&request.channel)?;
+        let (expires_at, chan_info) =
+            if server_side { (None, None) } else { self.check_subscribe_permission(request, options)? };
+        if let Some(at) = expires_at {
+            if at <= unix_now() {
+                return Err(ProtocolError::token_expired());
+            }
+        }
+        if self.subscriptions.contains_key(&request.channel) {
+            return Err(ProtocolError::already_subscribed());
+        }
+        if self.subscriptions.len() >= node.config.client.channel_limit {
+            return Err(ProtocolError::limit_exceeded().with_message("channel limit reached"));
+        }
+        let history_on = options.history_size > 0;
+        let recoverable = history_on
+            && (options.force_recovery || (options.allow_recovery && (request.recoverable || request.recover)));
+        let recovering = recoverable && request.recover;
+        let positioned = history_on && (options.force_positioning || (options.allow_positioning && request.positioned));
+        let join_leave = options.join_leave && (request.join_leave || options.force_push_join_leave);
+
+        let subscription = Subscription::new(self.handle.clone(), join_leave);
+        if node.hub.add_subscription(&request.channel, subscription.clone()) {
+            if let Err(error) = node.broker.subscribe(&request.channel).await {
+                node.hub.remove_subscription(&request.channel, &self.handle.id);
+                tracing::error!(channel = %request.channel, %error, "broker subscribe failed");
+                return Err(ProtocolError::internal());
+            }
+        }
+        let recovery_limit = node.config.client.recovery_max_publication_limit;
+        let history = if history_on {
+            let filter = if recovering {
+                HistoryFilter {
+                    since: Some(StreamPosition { offset: request.offset, epoch: request.epoch.clone() }),
+                    limit: Some(recovery_limit + 1),
+                    reverse: false,
+                }
+            } else {
+                HistoryFilter { since: None, limit: Some(0), reverse: false }
+            };
+            match node.broker.history(&request.channel, &filter).await {
+                Ok(page) => Some(page),
+                Err(error) => {
+                    self.drop_hub_subscription(&request.channel).await;
+                    tracing::error!(channel = %request.channel, %error, "history read for subscribe failed");
+                    return Err(ProtocolError::internal());
+                }
+            }
+        } else {
+            None
+        };
+        self.subscriptions.insert(
+            request.channel.clone(),
+            ClientSubscription { expires_at, chan_info, presence: options.presence, join_leave: options.join_leave },
+        );
+        metrics::subscription_added();
+        Ok(PreparedSubscription {
+            channel: request.channel.clone(),
+            subscription,
+            history,
+            recovering,
+            recoverable,
+            positioned,
+            expires_at,
+            recovery_limit,
+        })
+    }
+
+    /// After the reply is queued: presence and join announcements.
+    async fn complete_subscription(&mut self, prepared: PreparedSubscription) {
+        let Some(sub) = self.subscriptions.get(&prepared.channel) else { return };
+        let info = self.client_info(sub.chan_info.clone());
+        if sub.presence {
+            if let Err(error) = self.node.presence.add_presence(&prepared.channel, &self.handle.id, &info).await {
+                tracing::error!(channel = %prepared.channel, %error, "presence add failed");
+            }
+        }
+        if sub.join_leave {
+            if let Err(error) = self.node.broker.publish_join(&prepared.channel, &info).await {
+                tracing::error!(channel = %prepared.channel, %error, "join publish failed");
+            }
+        }
+    }
+
+    async fn drop_hub_subscription(&self, channel: &str) {
+        if self.node.hub.remove_subscription(channel, &self.handle.id) {
+            if let Err(error) = self.node.broker.unsubscribe(channel).await {
+                tracing::warn!(%channel, %error, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Removes a subscription; with `push`, tells the client why with an unsubscribe push.
+    async fn unsubscribe(&mut self, channel: &str, push: Option<(u32, &str)>) {
+        let Some(sub) = self.subscriptions.remove(channel) else { return };
+        metrics::subscription_removed();
+        self.drop_hub_subscription(channel).await;
+        if let Some((code, reason)) = push {
+            self.handle.send(Utf8Bytes::from(reply::push(
+                channel,
+                "unsubscribe",
+                &reply::Unsubscribe { code, reason },
+            )));
+        }
+        let info = self.client_info(sub.chan_info.clone());
+        if sub.presence {
+            if let Err(error) = self.node.presence.remove_presence(channel, &self.handle.id).await {
+                tracing::error!(%channel, %error, "presence remove failed");
+            }
+        }
+        if sub.join_leave {
+            if let Err(error) = self.node.broker.publish_leave(channel, &info).await {
+                tracing::error!(%channel, %error, "leave publish failed");
+            }
+        }
+    }
+
+    fn sub_refresh(&mut self, request: SubRefreshRequest) -> Result<SubRefreshResult, ProtocolError> {
+        if !self.subscriptions.contains_key(&request.channel) {
+            return Err(ProtocolError::permission_denied().with_message("not subscribed"));
+        }
+        let claims = self.node.tokens.verify_subscribe(&request.token).map_err(|e| match e {
+            TokenError::Expired => ProtocolError::token_expired(),
+            TokenError::Invalid(_) => ProtocolError::permission_denied().with_message("invalid subscription token"),
+        })?;
+        if claims.sub != self.user || claims.channel != request.channel {
+            return Err(
+                ProtocolError::permission_denied().with_message("subscription token is for another user or channel")
+            );
+        }
+        let expires_at = claims.expires_at();
+        if let Some(sub) = self.subscriptions.get_mut(&request.channel) {
+            sub.expires_at = expires_at;
+        }
+        let (expires, ttl) = ttl_of(expires_at).unwrap_or((false, 0));
+        Ok(SubRefreshResult { expires, ttl })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // publish, presence, history, rpc
+
+    /// Namespace permission for client-side publish/presence/history: for any client, for
+    /// subscribers, and whether anonymous users count.
+    fn allowed(&self, channel: &str, for_client: bool, for_subscriber: bool, for_anonymous: bool) -> bool {
+        if self.insecure() {
+            return true;
+        }
+        if self.user.is_empty() && !for_anonymous {
+            return false;
+        }
+        for_client || (for_subscriber && self.subscriptions.contains_key(channel))
+    }
+
+    async fn publish(&self, channel: String, data: Option<RawJson>) -> Result<(), ProtocolError> {
+        let options = self.node.channel_options(&channel)?;
+        let data = data.ok_or_else(|| ProtocolError::bad_request().with_message("publish needs data"))?;
+        if !self.allowed(
+            &channel,
+            options.allow_publish_for_client,
+            options.allow_publish_for_subscriber,
+            options.allow_publish_for_anonymous,
+        ) {
+            return Err(ProtocolError::permission_denied());
+        }
+        let chan_info = self.subscriptions.get(&channel).and_then(|s| s.chan_info.clone());
+        let mut publish = Publish::new(channel, data);
+        publish.info = Some(self.client_info(chan_info));
+        self.node.publish(publish, "client").await.map(|_| ())
+    }
+
+    fn check_presence_access(&self, channel: &str) -> Result<(), ProtocolError> {
+        let options = self.node.channel_options(channel)?;
+        if !options.presence {
+            return Err(ProtocolError::not_available());
+        }
+        if !self.allowed(
+            channel,
+            options.allow_presence_for_client,
+            options.allow_presence_for_subscriber,
+            options.allow_presence_for_anonymous,
+        ) {
+            return Err(ProtocolError::permission_denied());
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, ProtocolError> {
+        self.check_presence_access(channel)?;
+        self.node.presence.presence(channel).await.map_err(|_| ProtocolError::internal())
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, ProtocolError> {
+        self.check_presence_access(channel)?;
+        let stats = self.node.presence.presence_stats(channel).await.map_err(|_| ProtocolError::internal())?;
+        Ok(PresenceStatsResult { num_clients: stats.num_clients, num_users: stats.num_users })
+    }
+
+    async fn history(&self, request: HistoryRequest) -> Result<HistoryResult, ProtocolError> {
+        let options = self.node.channel_options(&request.channel)?;
+        if options.history_size == 0 {
+            return Err(ProtocolError::not_available());
+        }
+        if !self.allowed(
+            &request.channel,
+            options.allow_history_for_client,
+            options.allow_history_for_subscriber,
+            options.allow_history_for_anonymous,
+        ) {
+            return Err(ProtocolError::permission_denied());
+        }
+        let filter = history_filter(
+            request.limit,
+            request.since,
+            request.reverse,
+            self.node.config.client.history_max_publication_limit,
+        );
+        let page = self.node.broker.history(&request.channel, &filter).await.map_err(|_| ProtocolError::internal())?;
+        if !page.since_available {
+            return Err(ProtocolError::unrecoverable_position());
+        }
+        Ok(HistoryResult { publications: page.publications, epoch: page.position.epoch, offset: page.position.offset })
+    }
+
+    fn rpc(&self, id: u32, request: RpcRequest) {
+        let handler = self.node.rpc_handlers.read().get(&request.method).cloned();
+        let Some(handler) = handler else {
+            self.send_error(
+                id,
+                "rpc",
+                &ProtocolError::not_available().with_message(format!("no rpc method {:?}", request.method)),
+            );
+            return;
+        };
+        let context = self.rpc_context(&request.method);
+        let handle = self.handle.clone();
+        // RPCs may be slow; they must not hold up the connection's other commands.
+        tokio::spawn(async move {
+            let frame = match handler(context, request.data).await {
+                Ok(data) => reply::result(id, "rpc", &RpcResult { data }),
+                Err(error) => {
+                    metrics::error("client", error.code);
+                    reply::error(id, &error)
+                }
+            };
+            handle.send(Utf8Bytes::from(frame));
+        });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // orders from the node, and the end
+
+    pub async fn handle_control(&mut self, order: Control) -> CommandResult {
+        match order {
+            Control::Disconnect(disconnect) => Err(disconnect),
+            Control::Subscribe(request) => {
+                if self.authenticated {
+                    self.server_subscribe(*request).await;
+                }
+                Ok(())
+            }
+            Control::Unsubscribe { channel, code, reason } => {
+                self.unsubscribe(&channel, Some((code, &reason))).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases everything the connection held in the node.
+    pub async fn close(&mut self) {
+        let channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(&channel, None).await;
+        }
+        if self.authenticated {
+            self.node.hub.remove_client(&self.handle);
+        }
+    }
+}
+
+/// History request limits: 0 reads the top only, negative or absent-with-since reads up to the
+/// configured maximum, larger values are capped at it.
+pub(crate) fn history_filter(
+    limit: i64,
+    since: Option<herald_core::protocol::Since>,
+    reverse: bool,
+    max: usize,
+) -> HistoryFilter {
+    let limit = if limit < 0 { max } else { (limit as usize).min(max) };
+    HistoryFilter {
+        since: since.map(|s| StreamPosition { offset: s.offset, epoch: s.epoch }),
+        limit: Some(limit),
+        reverse,
+    }
+}

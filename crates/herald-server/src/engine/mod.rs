@@ -1,0 +1,118 @@
+//! The seams between the hub and where publications, history and presence live.
+//!
+//! A [`Broker`] orders publications of a channel, keeps their history and delivers them to every
+//! node interested in the channel; a [`PresenceManager`] knows who is in a channel. The in-memory
+//! engine serves one node; durable and Redis engines implement the same traits so the hub and
+//! client code never change.
+
+pub mod memory;
+
+use async_trait::async_trait;
+use herald_core::protocol::{ClientInfo, Publication};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A position in a channel's stream. `epoch` changes only when the stream's history was lost.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    #[error("engine error: {0}")]
+    Internal(String),
+}
+
+/// How a publication is kept.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// 0 disables history: the publication gets no offset and cannot be recovered.
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    /// How long the stream's epoch and top offset outlive its last publication; zero keeps them.
+    pub history_meta_ttl: Duration,
+    /// A repeated key within [`IDEMPOTENCY_WINDOW`] returns the first result without delivering.
+    pub idempotency_key: Option<String>,
+}
+
+/// How long `idempotency_key` remembers a publish.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOutcome {
+    pub position: StreamPosition,
+    /// True when an earlier publish with the same idempotency key answered instead.
+    pub deduplicated: bool,
+}
+
+/// Which part of a stream to read.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    /// Only publications after this position; an epoch mismatch makes the read fail as unrecoverable.
+    pub since: Option<StreamPosition>,
+    /// `Some(0)` reads only the stream top; `None` reads everything retained.
+    pub limit: Option<usize>,
+    pub reverse: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub publications: Vec<Arc<Publication>>,
+    /// The stream top at the moment of the read.
+    pub position: StreamPosition,
+    /// False when `since` could not be honoured: another epoch, or publications after it were
+    /// already trimmed. The publications are then empty.
+    pub since_available: bool,
+}
+
+/// Receives what a broker delivers to this node. Called in stream order per channel.
+pub trait BrokerEventHandler: Send + Sync + 'static {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>);
+    fn handle_join(&self, channel: &str, info: &ClientInfo);
+    fn handle_leave(&self, channel: &str, info: &ClientInfo);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Installs the node's handler; called once before anything is published.
+    fn register_handler(&self, handler: Arc<dyn BrokerEventHandler>);
+
+    /// This node now has subscribers of `channel` (a cluster broker starts listening).
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// This node has no more subscribers of `channel`.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Orders, stores (per `options`) and delivers a publication; its `offset` is assigned here.
+    async fn publish(
+        &self,
+        channel: &str,
+        publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError>;
+
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
+
+    async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryPage, EngineError>;
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+}
+
+#[async_trait]
+pub trait PresenceManager: Send + Sync + 'static {
+    async fn add_presence(&self, channel: &str, client_id: &str, info: &ClientInfo) -> Result<(), EngineError>;
+    async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError>;
+    async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError>;
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError>;
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceStats {
+    pub num_clients: u32,
+    pub num_users: u32,
+}

@@ -1,0 +1,446 @@
+//! The node: configuration, hub, engine and the operations both the client protocol, the server
+//! API and embedding code use (publish, history, presence, subscribe/unsubscribe/disconnect).
+
+use crate::auth::TokenVerifier;
+use crate::engine::memory::{MemoryBroker, MemoryPresence};
+use crate::engine::{
+    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage, PresenceManager, PresenceStats,
+    PublishOptions, StreamPosition,
+};
+use crate::hub::Hub;
+use crate::metrics;
+use crate::outbound::Control;
+use futures_util::future::BoxFuture;
+use herald_config::{Config, NamespaceOptions};
+use herald_core::api::{NodeInfo, PublishResult};
+use herald_core::channel::{self, ChannelName};
+use herald_core::protocol::{ClientInfo, Publication, RawJson, SubscribeRequest};
+use herald_core::{Disconnect, ProtocolError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::RwLock;
+use regex::Regex;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Who is calling an RPC handler.
+#[derive(Debug, Clone)]
+pub struct RpcContext {
+    pub client_id: String,
+    pub user: String,
+    pub method: String,
+}
+
+pub type RpcHandler = Arc<
+    dyn Fn(RpcContext, Option<RawJson>) -> BoxFuture<'static, Result<Option<RawJson>, ProtocolError>> + Send + Sync,
+>;
+
+/// Receives `send` messages from clients (fire and forget).
+pub type MessageHandler = Arc<dyn Fn(RpcContext, Option<RawJson>) + Send + Sync>;
+
+/// A publication to make, with everything optional beyond channel and data.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub channel: String,
+    pub data: RawJson,
+    pub tags: BTreeMap<String, String>,
+    pub info: Option<ClientInfo>,
+    pub skip_history: bool,
+    pub idempotency_key: Option<String>,
+}
+
+impl Publish {
+    pub fn new(channel: impl Into<String>, data: RawJson) -> Self {
+        Self {
+            channel: channel.into(),
+            data,
+            tags: BTreeMap::new(),
+            info: None,
+            skip_history: false,
+            idempotency_key: None,
+        }
+    }
+
+    /// Serializes any value as the payload.
+    pub fn json(channel: impl Into<String>, data: &impl Serialize) -> Result<Self, ProtocolError> {
+        let text = serde_json::to_string(data).map_err(|e| ProtocolError::bad_request().with_message(e.to_string()))?;
+        let raw = RawValue::from_string(text).map_err(|e| ProtocolError::bad_request().with_message(e.to_string()))?;
+        Ok(Self::new(channel, Arc::from(raw)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(String),
+}
+
+pub(crate) struct NodeInner {
+    pub id: String,
+    pub name: String,
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceManager>,
+    pub tokens: TokenVerifier,
+    pub rpc_handlers: RwLock<HashMap<String, RpcHandler>>,
+    pub message_handler: RwLock<Option<MessageHandler>>,
+    pub started: Instant,
+    pub shutdown: CancellationToken,
+    pub connections: TaskTracker,
+    pub prometheus: Option<PrometheusHandle>,
+    channel_regexes: HashMap<String, Regex>,
+}
+
+/// A Herald node. Cheap to clone; all clones are the same node.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+/// Hands broker deliveries to the hub. Holds only the hub, so the broker does not keep the node
+/// alive.
+struct HubDelivery(Arc<Hub>);
+
+impl BrokerEventHandler for HubDelivery {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+        self.0.broadcast_publication(channel, &publication);
+    }
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.0.broadcast_join_leave(channel, "join", info);
+    }
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.0.broadcast_join_leave(channel, "leave", info);
+    }
+}
+
+pub struct NodeBuilder {
+    config: Config,
+    broker: Option<Arc<dyn Broker>>,
+    presence: Option<Arc<dyn PresenceManager>>,
+    name: Option<String>,
+}
+
+impl NodeBuilder {
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    pub fn presence(mut self, presence: Arc<dyn PresenceManager>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub fn build(self) -> Result<Node, NodeError> {
+        let config = self.config;
+        let token = &config.client.token;
+        let tokens = TokenVerifier::new(
+            &token.hmac_secret_key,
+            &token.rsa_public_key,
+            &token.ecdsa_public_key,
+            &token.audience,
+            &token.issuer,
+        )
+        .map_err(NodeError::Config)?;
+        let mut channel_regexes = HashMap::new();
+        let namespaces = std::iter::once(("", &config.channel.without_namespace))
+            .chain(config.channel.namespaces.iter().map(|ns| (ns.name.as_str(), &ns.options)));
+        for (name, options) in namespaces {
+            if !options.channel_regex.is_empty() {
+                let regex = Regex::new(&options.channel_regex)
+                    .map_err(|e| NodeError::Config(format!("channel_regex of namespace {name:?}: {e}")))?;
+                channel_regexes.insert(name.to_owned(), regex);
+            }
+        }
+        let hub = Arc::new(Hub::new());
+        let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
+        broker.register_handler(Arc::new(HubDelivery(hub.clone())));
+        let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
+        let id = uuid::Uuid::new_v4().to_string();
+        let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                id,
+                name,
+                config,
+                hub,
+                broker,
+                presence,
+                tokens,
+                rpc_handlers: RwLock::new(HashMap::new()),
+                message_handler: RwLock::new(None),
+                started: Instant::now(),
+                shutdown: CancellationToken::new(),
+                connections: TaskTracker::new(),
+                prometheus: metrics::install(),
+                channel_regexes,
+            }),
+        })
+    }
+}
+
+fn engine_error(error: EngineError) -> ProtocolError {
+    tracing::error!(%error, "engine call failed");
+    ProtocolError::internal()
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Node {
+    /// A node with the in-memory engine.
+    pub fn new(config: Config) -> Result<Self, NodeError> {
+        Self::builder(config).build()
+    }
+
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder { config, broker: None, presence: None, name: None }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Registers a handler for client `rpc` calls with this method name.
+    pub fn on_rpc<F, Fut>(&self, method: impl Into<String>, handler: F)
+    where
+        F: Fn(RpcContext, Option<RawJson>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<RawJson>, ProtocolError>> + Send + 'static,
+    {
+        let handler: RpcHandler = Arc::new(move |ctx, data| Box::pin(handler(ctx, data)));
+        self.inner.rpc_handlers.write().insert(method.into(), handler);
+    }
+
+    /// Registers the handler for client `send` messages.
+    pub fn on_message(&self, handler: impl Fn(RpcContext, Option<RawJson>) + Send + Sync + 'static) {
+        *self.inner.message_handler.write() = Some(Arc::new(handler));
+    }
+
+    /// The options of the channel's namespace, after validating the name.
+    pub fn channel_options(&self, channel: &str) -> Result<&NamespaceOptions, ProtocolError> {
+        self.inner.channel_options(channel)
+    }
+
+    /// Publishes a JSON-serializable value: the in-process domain event bus entry point.
+    pub async fn publish_json(&self, channel: &str, data: &impl Serialize) -> Result<PublishResult, ProtocolError> {
+        self.publish(Publish::json(channel, data)?).await
+    }
+
+    pub async fn publish(&self, publish: Publish) -> Result<PublishResult, ProtocolError> {
+        self.inner.publish(publish, "node").await
+    }
+
+    pub async fn history(&self, channel: &str, filter: HistoryFilter) -> Result<HistoryPage, ProtocolError> {
+        let options = self.inner.channel_options(channel)?;
+        if options.history_size == 0 {
+            return Err(ProtocolError::not_available().with_message("history is not enabled for this channel"));
+        }
+        self.inner.broker.history(channel, &filter).await.map_err(engine_error)
+    }
+
+    pub async fn remove_history(&self, channel: &str) -> Result<(), ProtocolError> {
+        self.inner.channel_options(channel)?;
+        self.inner.broker.remove_history(channel).await.map_err(engine_error)
+    }
+
+    pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, ProtocolError> {
+        let options = self.inner.channel_options(channel)?;
+        if !options.presence {
+            return Err(ProtocolError::not_available().with_message("presence is not enabled for this channel"));
+        }
+        self.inner.presence.presence(channel).await.map_err(engine_error)
+    }
+
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ProtocolError> {
+        let options = self.inner.channel_options(channel)?;
+        if !options.presence {
+            return Err(ProtocolError::not_available().with_message("presence is not enabled for this channel"));
+        }
+        self.inner.presence.presence_stats(channel).await.map_err(engine_error)
+    }
+
+    /// Channels with subscribers on this node, with their counts, matching an optional
+    /// glob-like pattern (`*` matches any run of characters).
+    pub fn channels(&self, pattern: &str) -> BTreeMap<String, u32> {
+        self.inner
+            .hub
+            .channels()
+            .into_iter()
+            .filter(|c| pattern.is_empty() || glob_match(pattern, &c.channel))
+            .map(|c| (c.channel, c.num_clients))
+            .collect()
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        let hub = &self.inner.hub;
+        NodeInfo {
+            uid: self.inner.id.clone(),
+            name: self.inner.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            num_clients: hub.num_clients() as u32,
+            num_users: hub.num_users() as u32,
+            num_subs: hub.num_subscriptions() as u32,
+            num_channels: hub.channels().len() as u32,
+            uptime: self.inner.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Subscribes connections of `user` (or the one `client`) to a channel, server-side.
+    pub fn subscribe(&self, user: &str, client: &str, request: SubscribeRequest) -> Result<(), ProtocolError> {
+        self.inner.channel_options(&request.channel)?;
+        for handle in self.inner.targets(user, client) {
+            handle.control(Control::Subscribe(Box::new(request.clone())));
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe(&self, user: &str, client: &str, channel: &str) -> Result<(), ProtocolError> {
+        self.inner.channel_options(channel)?;
+        for handle in self.inner.targets(user, client) {
+            handle.control(Control::Unsubscribe {
+                channel: channel.to_owned(),
+                code: herald_core::codes::unsubscribe::SERVER,
+                reason: "server unsubscribe".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Disconnects connections of `user` (or the one `client`), sparing `whitelist`ed client ids.
+    pub fn disconnect(&self, user: &str, client: &str, whitelist: &[String], disconnect: Disconnect) {
+        for handle in self.inner.targets(user, client) {
+            if !whitelist.contains(&handle.id) {
+                handle.control(Control::Disconnect(disconnect.clone()));
+            }
+        }
+    }
+
+    /// The `/connection/websocket`, `/api`, `/health` and `/metrics` routes, to serve alone or
+    /// merge into an application's own axum `Router`.
+    pub fn router(&self) -> axum::Router {
+        crate::router::router(self.clone())
+    }
+
+    /// A token that is cancelled when the node starts shutting down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Disconnects every client with 3001 (so they reconnect elsewhere) and waits up to
+    /// `timeout` for their sessions to end.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.inner.shutdown.cancel();
+        for client in self.inner.hub.all_clients() {
+            client.control(Control::Disconnect(Disconnect::SHUTDOWN));
+        }
+        self.inner.connections.close();
+        if tokio::time::timeout(timeout, self.inner.connections.wait()).await.is_err() {
+            tracing::warn!(remaining = self.inner.connections.len(), "shutdown timeout: connections still open");
+        }
+    }
+}
+
+impl NodeInner {
+    pub fn channel_options(&self, channel: &str) -> Result<&NamespaceOptions, ProtocolError> {
+        channel::validate(channel, self.config.channel.max_length)
+            .map_err(|reason| ProtocolError::bad_request().with_message(reason))?;
+        let name = ChannelName::parse(channel);
+        let options = self.config.namespace_options(name.namespace).ok_or_else(ProtocolError::unknown_channel)?;
+        if let Some(regex) = self.channel_regexes.get(name.namespace) {
+            let rest = channel.strip_prefix('$').unwrap_or(channel).split_once(':').map_or(channel, |(_, rest)| rest);
+            if !regex.is_match(rest) {
+                return Err(ProtocolError::unknown_channel().with_message("channel name does not match channel_regex"));
+            }
+        }
+        Ok(options)
+    }
+
+    pub fn publish_options(
+        options: &NamespaceOptions,
+        skip_history: bool,
+        idempotency_key: Option<String>,
+    ) -> PublishOptions {
+        PublishOptions {
+            history_size: if skip_history { 0 } else { options.history_size },
+            history_ttl: options.history_ttl,
+            history_meta_ttl: options.history_meta_ttl,
+            idempotency_key,
+        }
+    }
+
+    pub async fn publish(&self, publish: Publish, source: &'static str) -> Result<PublishResult, ProtocolError> {
+        let options = self.channel_options(&publish.channel)?;
+        let publish_options = Self::publish_options(options, publish.skip_history, publish.idempotency_key);
+        let publication =
+            Publication { data: publish.data, info: publish.info, offset: 0, tags: publish.tags, time: unix_millis() };
+        let outcome =
+            self.broker.publish(&publish.channel, publication, &publish_options).await.map_err(engine_error)?;
+        if !outcome.deduplicated {
+            metrics::publication(source);
+        }
+        let StreamPosition { offset, epoch } = outcome.position;
+        Ok(PublishResult { offset, epoch })
+    }
+
+    fn targets(&self, user: &str, client: &str) -> Vec<Arc<crate::outbound::ClientHandle>> {
+        if !client.is_empty() {
+            self.hub.client(client).into_iter().filter(|c| user.is_empty() || c.user() == user).collect()
+        } else {
+            self.hub.user_clients(user)
+        }
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(pos) => rest = &rest[pos + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(!glob_match("chat:*", "news"));
+        assert!(glob_match("*room*", "chat:room1"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+}

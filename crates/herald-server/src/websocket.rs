@@ -1,0 +1,243 @@
+//! The WebSocket transport at `/connection/websocket`: origin check, the reader loop that drives
+//! a [`Session`], heartbeats, and the writer that packs queued frames together.
+
+use crate::client::Session;
+use crate::metrics;
+use crate::node::{glob_match, Node};
+use crate::outbound::{ClientHandle, Outgoing};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::Disconnect;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Frames larger than this are written alone rather than packed with others.
+const PACK_LIMIT: usize = 64 * 1024;
+
+/// A connection that has not sent `connect` by then is closed as stale.
+const STALE_CLOSE_DELAY: Duration = Duration::from_secs(10);
+
+pub async fn handler(
+    State(node): State<Node>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&node.config().client.allowed_origins, &headers) {
+        metrics::bad_input("origin_not_allowed");
+        tracing::info!(origin = ?headers.get("origin"), "websocket origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let protobuf = query.get("format").is_some_and(|f| f == "protobuf");
+    let limit = node.config().websocket.message_size_limit;
+    upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        let tracker = node.inner.connections.clone();
+        tracker.track_future(serve_connection(node, socket, protobuf)).await
+    })
+}
+
+/// Browsers send `Origin`; other clients usually don't and are let through. A browser origin is
+/// accepted when it matches `client.allowed_origins` (with `*` wildcards) or the request's host.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else { return true };
+    let origin = origin.to_ascii_lowercase();
+    if allowed.iter().any(|pattern| glob_match(&pattern.to_ascii_lowercase(), &origin)) {
+        return true;
+    }
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let origin_host = origin.split_once("://").map_or(origin.as_str(), |(_, rest)| rest);
+    !host.is_empty() && origin_host == host
+}
+
+async fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) {
+    let (sink, mut stream) = socket.split();
+    let config = node.config().clone();
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let (handle, outgoing, mut control) = ClientHandle::new(client_id, config.client.queue_max_size);
+    let handle = Arc::new(handle);
+    let writer = tokio::spawn(write_loop(sink, outgoing, handle.clone(), config.websocket.write_timeout));
+    metrics::connection_opened();
+
+    let mut session = Session::new(node.inner.clone(), handle.clone());
+    let shutdown = node.shutdown_token();
+    let ping_interval = config.client.ping_interval;
+    let pong_timeout = config.client.pong_timeout;
+    let first_ping = {
+        let half = ping_interval / 2;
+        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+    };
+    let mut next_ping = Instant::now() + first_ping;
+    let mut pong_deadline: Option<Instant> = None;
+    let stale_deadline = Instant::now() + STALE_CLOSE_DELAY;
+    let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+
+    let outcome: Result<(), Disconnect> = if protobuf {
+        Err(Disconnect::INAPPROPRIATE_PROTOCOL)
+    } else {
+        loop {
+            let expiry = session.next_expiry_check().map(Instant::from_std).unwrap_or(far_future);
+            let connected = session.is_authenticated();
+            tokio::select! {
+                message = stream.next() => {
+                    match message {
+                        Some(Ok(Message::Text(text))) => {
+                            pong_deadline = None;
+                            if let Err(disconnect) = session.handle_frame(text.as_str()).await {
+                                break Err(disconnect);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            metrics::bad_input("binary_frame");
+                            tracing::info!(client = %handle.id, "binary frame on a JSON connection");
+                            break Err(Disconnect::BAD_REQUEST);
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => pong_deadline = None,
+                        Some(Ok(Message::Close(_))) | None => break Ok(()),
+                        Some(Err(error)) => {
+                            // Oversized frames surface here as capacity errors.
+                            let text = error.to_string();
+                            tracing::info!(client = %handle.id, error = %text, "websocket read failed");
+                            if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                                metrics::bad_input("frame_too_large");
+                                break Err(Disconnect::custom(3501, "message too big"));
+                            }
+                            break Ok(());
+                        }
+                    }
+                }
+                Some(order) = control.recv() => {
+                    if let Err(disconnect) = session.handle_control(order).await {
+                        break Err(disconnect);
+                    }
+                }
+                _ = tokio::time::sleep_until(next_ping), if connected => {
+                    handle.send(Utf8Bytes::from_static("{}"));
+                    next_ping = Instant::now() + ping_interval;
+                    if !pong_timeout.is_zero() && pong_deadline.is_none() {
+                        pong_deadline = Some(Instant::now() + pong_timeout);
+                    }
+                }
+                _ = tokio::time::sleep_until(pong_deadline.unwrap_or(far_future)), if pong_deadline.is_some() => {
+                    break Err(Disconnect::NO_PONG);
+                }
+                _ = tokio::time::sleep_until(stale_deadline), if !connected => {
+                    break Err(Disconnect::STALE);
+                }
+                _ = tokio::time::sleep_until(expiry) => {
+                    if let Err(disconnect) = session.check_expiry() {
+                        break Err(disconnect);
+                    }
+                }
+                _ = shutdown.cancelled() => break Err(Disconnect::SHUTDOWN),
+            }
+        }
+    };
+
+    let disconnect = outcome.err().unwrap_or(Disconnect::CONNECTION_CLOSED);
+    tracing::debug!(client = %handle.id, code = disconnect.code, reason = %disconnect.reason, "disconnecting");
+    // Counted before the close frame leaves, so whoever sees the close also sees the count.
+    metrics::disconnect(disconnect.code);
+    handle.close(disconnect);
+    session.close().await;
+    metrics::connection_closed();
+    drop(session);
+    drop(handle);
+    // The writer ends after the close frame, or when its write timeout gives up on the peer.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn write_loop(
+    mut sink: Sink,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    handle: Arc<ClientHandle>,
+    timeout: Duration,
+) {
+    let mut close: Option<Disconnect> = None;
+    while close.is_none() {
+        let Some(first) = outgoing.recv().await else { break };
+        let frame = match first {
+            Outgoing::Frame(bytes) => bytes,
+            Outgoing::Close(disconnect) => {
+                close = Some(disconnect);
+                break;
+            }
+        };
+        let mut accounted = frame.len();
+        // Pack whatever else is already queued into the same WebSocket frame. Joining valid
+        // UTF-8 with newlines stays valid, so nothing is validated again.
+        let mut packed: Option<String> = None;
+        while frame.len() + packed.as_ref().map_or(0, String::len) < PACK_LIMIT {
+            match outgoing.try_recv() {
+                Ok(Outgoing::Frame(next)) => {
+                    let buffer = packed.get_or_insert_with(|| {
+                        let mut b = String::with_capacity(frame.len() * 2 + next.len());
+                        b.push_str(frame.as_str());
+                        b
+                    });
+                    buffer.push('\n');
+                    buffer.push_str(next.as_str());
+                    accounted += next.len();
+                }
+                Ok(Outgoing::Close(disconnect)) => {
+                    close = Some(disconnect);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let text = match packed {
+            Some(buffer) => Utf8Bytes::from(buffer),
+            None => frame,
+        };
+        if handle.overflowed() {
+            handle.written(accounted);
+            continue;
+        }
+        let sent = tokio::time::timeout(timeout, sink.send(Message::Text(text))).await;
+        handle.written(accounted);
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                metrics::disconnect(Disconnect::WRITE_ERROR.code);
+                return;
+            }
+        }
+    }
+    if let Some(disconnect) = close {
+        let frame = CloseFrame { code: disconnect.code, reason: Utf8Bytes::from(disconnect.reason.to_string()) };
+        let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
+    }
+    let _ = tokio::time::timeout(timeout, sink.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+    use axum::http::HeaderMap;
+
+    fn headers(origin: &str, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("origin", origin.parse().unwrap());
+        h.insert("host", host.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn origins() {
+        assert!(origin_allowed(&[], &HeaderMap::new()));
+        assert!(origin_allowed(&[], &headers("http://localhost:8000", "localhost:8000")));
+        assert!(!origin_allowed(&[], &headers("http://evil.example", "localhost:8000")));
+        assert!(origin_allowed(&["http://*.example".into()], &headers("http://app.example", "localhost:8000")));
+        assert!(origin_allowed(&["*".into()], &headers("http://any", "localhost:8000")));
+    }
+}

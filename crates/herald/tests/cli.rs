@@ -1,0 +1,190 @@
+//! The real `herald` binary: serve, publish, subscribe, token, check-config and shutdown.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    child: Child,
+    url: String,
+    /// Keeps the stdout reader alive so the server never blocks on a full pipe.
+    _lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(HERALD);
+        command.arg("serve").arg("--port").arg("0").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn herald serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let url = loop {
+            let line = lines.recv_timeout(WAIT).expect("herald serve prints its address");
+            if let Some(rest) = line.strip_prefix("herald: listening on ") {
+                break rest.split_whitespace().next().expect("url").to_owned();
+            }
+        };
+        Self { child, url, _lines: lines }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "herald did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(HERALD);
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run herald");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
+}
+
+#[test]
+fn help_everywhere() {
+    for sub in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["publish", "--help"],
+        &["subscribe", "--help"],
+        &["token", "--help"],
+        &["check-config", "--help"],
+    ] {
+        let (ok, stdout, _) = run(sub, &[]);
+        assert!(ok && stdout.contains("Usage"), "{sub:?}: {stdout}");
+    }
+}
+
+#[test]
+fn publish_and_subscribe_through_the_binary() {
+    let env = [("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", "cli-secret"), ("HERALD_HTTP_API_KEY", "cli-key")];
+    let mut server = Server::start(&[], &env);
+    let (ok, token, err) = run(&["token", "--user", "42"], &env);
+    assert!(ok, "{err}");
+    let mut subscriber = Command::new(HERALD)
+        .args(["subscribe", "news", "--count", "2", "--url", &server.url, "--token", token.trim()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn subscribe");
+    // Wait until the subscriber reports its subscription before publishing.
+    let mut stderr = BufReader::new(subscriber.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("subscriber status line");
+    assert!(line.contains("subscribed to news"), "{line}");
+    for n in 1..=2 {
+        let (ok, out, err) = run(&["publish", "news", &format!(r#"{{"n":{n}}}"#), "--url", &server.url], &env);
+        assert!(ok, "publish failed: {out} {err}");
+        assert!(out.contains("offset"), "{out}");
+    }
+    let mut output = String::new();
+    subscriber.stdout.take().expect("stdout").read_to_string(&mut output).expect("read");
+    assert!(subscriber.wait().expect("wait").success());
+    let lines: Vec<serde_json::Value> = output.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{output}");
+    assert_eq!(lines[0]["data"], serde_json::json!({"n": 1}));
+    assert_eq!(lines[1]["data"], serde_json::json!({"n": 2}));
+
+    // A wrong API key is refused with a clear message.
+    let (ok, _, err) = run(&["publish", "news", "{}", "--url", &server.url, "--api-key", "wrong"], &[]);
+    assert!(!ok && err.contains("101"), "{err}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn serve_without_secrets_generates_and_prints_them() {
+    let mut server = Server::start(&[], &[]);
+    // The secrets were printed before the listening line; the server works with them.
+    let _ = &server.url;
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn dev_mode_allows_anonymous_subscribe() {
+    let mut server = Server::start(&["--dev"], &[]);
+    let mut subscriber = Command::new(HERALD)
+        .args(["subscribe", "open", "--count", "1", "--url", &server.url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn subscribe");
+    let mut stderr = BufReader::new(subscriber.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("status line");
+    assert!(line.contains("subscribed"), "{line}");
+    let (ok, out, err) = run(&["publish", "open", "[1,2,3]", "--url", &server.url], &[]);
+    assert!(ok, "{out}{err}");
+    let mut output = String::new();
+    subscriber.stdout.take().expect("stdout").read_to_string(&mut output).expect("read");
+    assert!(subscriber.wait().expect("wait").success());
+    assert!(output.contains("[1,2,3]"), "{output}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn token_without_secret_is_an_error() {
+    let (ok, _, err) = run(&["token", "--user", "1"], &[("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", "")]);
+    assert!(!ok);
+    assert!(err.contains("no HMAC secret"), "{err}");
+}
+
+#[test]
+fn check_config_reports_bad_keys_with_their_path() {
+    let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"client": {"token": {"hmac_secret_key": "s"}, "ping_interval": "5s", "pong_timeout": "3s"}}"#,
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["check-config", good.to_str().unwrap()], &[]);
+    assert!(ok, "{out}{err}");
+    let typo = dir.join("typo.json");
+    std::fs::write(&typo, r#"{"client": {"pign_interval": "5s"}}"#).unwrap();
+    let (ok, _, err) = run(&["check-config", typo.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("client.pign_interval"), "{err}");
+    let bad_duration = dir.join("bad.toml");
+    std::fs::write(&bad_duration, "[client]\nping_interval = \"25x\"\n").unwrap();
+    let (ok, _, err) = run(&["check-config", bad_duration.to_str().unwrap()], &[]);
+    assert!(!ok);
+    assert!(err.contains("client.ping_interval"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
