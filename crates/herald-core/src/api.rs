@@ -1,8 +1,8 @@
 //! Request and result shapes of the server HTTP API (`POST /api/<method>`), as Centrifugo's
 //! `api.proto` defines them, so `cent` and `cent.js` work unchanged.
 
+use crate::protocol::{Audience, RawJson, Since};
 pub use crate::protocol::{HistoryResult, PresenceResult};
-use crate::protocol::{RawJson, Since};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +20,9 @@ pub struct PublishRequest {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub idempotency_key: String,
+    /// Herald extension: only these users/roles (and admins) receive the publication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Audience>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +50,8 @@ pub struct BroadcastRequest {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub idempotency_key: String,
+    #[serde(default)]
+    pub audience: Option<Audience>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,4 +158,14 @@ pub struct BatchRequest {
     pub commands: Vec<HashMap<String, Box<serde_json::value::RawValue>>>,
     #[serde(default)]
     pub parallel: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StatsRequest {
+    /// Group the statistics by the values of this publication tag.
+    #[serde(default)]
+    pub tag: String,
+    /// Only channels matching this pattern (`*` wildcards).
+    #[serde(default)]
+    pub channel: String,
 }

@@ -1,8 +1,10 @@
 //! Herald's core model: the wire protocol shared by the server, the CLI, clients and benchmarks.
 
 pub mod api;
+pub mod change;
 pub mod channel;
 pub mod codes;
+pub mod filter;
 pub mod protocol;
 
 pub use codes::{Disconnect, ProtocolError};

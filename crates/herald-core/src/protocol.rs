@@ -176,8 +176,12 @@ pub struct SubscribeRequest {
 pub struct FilterNode {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub op: String,
+    /// A tag name (Centrifugo).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
+    /// Herald extension: a JSON Pointer into the publication data, instead of `key`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cmp: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -276,6 +280,37 @@ pub struct ClientInfo {
     pub chan_info: Option<RawJson>,
 }
 
+/// Who may receive a publication (Herald extension): listed users, holders of listed roles, and
+/// always the `admin` role. Absent means every subscriber.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audience {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// The role that sees every publication regardless of its audience.
+pub const ADMIN_ROLE: &str = "admin";
+
+impl Audience {
+    pub fn admits(&self, user: &str, roles: &[String]) -> bool {
+        roles.iter().any(|r| r == ADMIN_ROLE)
+            || (!user.is_empty() && self.users.iter().any(|u| u == user))
+            || roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+/// What the server keeps with a publication besides what clients see.
+#[derive(Debug, Clone, Default)]
+pub struct PublicationMeta {
+    /// Who may receive it; never sent to clients.
+    pub audience: Option<Audience>,
+    /// The compact form of a change event's data, for subscribers in patch mode.
+    pub patch_data: Option<RawJson>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publication {
     pub data: RawJson,
@@ -287,6 +322,26 @@ pub struct Publication {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub time: u64,
+    #[serde(skip)]
+    pub meta: Option<Arc<PublicationMeta>>,
+}
+
+impl Publication {
+    pub fn audience(&self) -> Option<&Audience> {
+        self.meta.as_ref().and_then(|m| m.audience.as_ref())
+    }
+
+    /// The same publication with other data (patch mode), sharing everything else.
+    pub fn with_data(&self, data: RawJson) -> Self {
+        Self {
+            data,
+            info: self.info.clone(),
+            offset: self.offset,
+            tags: self.tags.clone(),
+            time: self.time,
+            meta: None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -508,7 +563,7 @@ mod tests {
         let e = reply::error(6, &ProtocolError::permission_denied());
         assert_eq!(e, r#"{"id":6,"error":{"code":103,"message":"permission denied"}}"#);
         let data: RawJson = Arc::from(RawValue::from_string(r#"{"a":1}"#.into()).unwrap());
-        let p = Publication { data, info: None, offset: 3, tags: Default::default(), time: 0 };
+        let p = Publication { data, info: None, offset: 3, tags: Default::default(), time: 0, meta: None };
         let push = reply::push("news", "pub", &p);
         assert_eq!(push, r#"{"push":{"channel":"news","pub":{"data":{"a":1},"offset":3}}}"#);
     }

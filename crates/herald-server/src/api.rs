@@ -96,6 +96,8 @@ pub async fn handler(
 
 const METHODS: &[&str] = &[
     "publish",
+    "publish_change",
+    "stats",
     "broadcast",
     "batch",
     "subscribe",
@@ -136,6 +138,7 @@ async fn publish(node: &Node, request: PublishRequest) -> Result<PublishResult, 
     publish.tags = request.tags;
     publish.skip_history = request.skip_history;
     publish.idempotency_key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
+    publish.audience = request.audience;
     node.inner.publish(publish, "api").await
 }
 
@@ -165,6 +168,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                     skip_history: request.skip_history,
                     tags: request.tags.clone(),
                     idempotency_key: request.idempotency_key.clone(),
+                    audience: request.audience.clone(),
                 };
                 responses.push(match publish(node, single).await {
                     Ok(result) => Answer::Result(result),
@@ -276,6 +280,23 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
             to_raw(&ChannelsResult { channels })
         }
         "info" => to_raw(&InfoResult { nodes: vec![node.info()] }),
+        "publish_change" => {
+            let request: herald_core::change::ChangeRequest = parse(body)?;
+            to_raw(&node.inner.publish(Publish::change(request)?, "api").await?)
+        }
+        "stats" => {
+            let request: StatsRequest = parse(body)?;
+            let channels: std::collections::BTreeMap<_, _> = node
+                .channel_stats()
+                .into_iter()
+                .filter(|(name, _)| request.channel.is_empty() || crate::node::glob_match(&request.channel, name))
+                .collect();
+            let mut answer = serde_json::json!({ "channels": channels });
+            if !request.tag.is_empty() {
+                answer["groups"] = serde_json::json!(node.tag_stats(&request.tag));
+            }
+            to_raw(&answer)
+        }
         _ => Err(ProtocolError::method_not_found()),
     }
 }

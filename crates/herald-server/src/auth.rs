@@ -34,6 +34,9 @@ pub struct ConnectClaims {
     pub subs: HashMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// Herald extension: roles for audience checks (`admin` sees every publication).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
     /// When set, the connection expires at this time instead of `exp` (0: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_at: Option<u64>,

@@ -9,6 +9,7 @@ use crate::hub::{go_live_together, Subscription};
 use crate::metrics;
 use crate::node::{NodeInner, Publish, RpcContext};
 use crate::outbound::{ClientHandle, Control};
+use crate::view::{View, Viewer};
 use axum::extract::ws::Utf8Bytes;
 use herald_config::NamespaceOptions;
 use herald_core::channel::ChannelName;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct ClientSubscription {
+    view: Arc<View>,
     expires_at: Option<u64>,
     chan_info: Option<RawJson>,
     presence: bool,
@@ -47,24 +49,28 @@ impl PreparedSubscription {
     /// while the history was read. Publications up to the stream top read are either recovered
     /// or were before the subscription point; later ones are new, each exactly once.
     fn finish(&self, buffered: Vec<Arc<Publication>>) -> (SubscribeResult, Vec<Arc<Publication>>) {
+        let subscription = &self.subscription;
+        let visible = |p: &Arc<Publication>| subscription.viewer.visible(&subscription.view, p);
         let mut result = SubscribeResult { was_recovering: self.recovering, ..Default::default() };
         if let Some((expires, ttl)) = ttl_of(self.expires_at) {
             result.expires = expires;
             result.ttl = ttl;
         }
         let Some(page) = &self.history else {
-            return (result, buffered);
+            return (result, buffered.iter().filter_map(visible).collect());
         };
         let top = page.position.offset;
-        let newer: Vec<Arc<Publication>> = buffered.into_iter().filter(|p| p.offset > top).collect();
+        let newer: Vec<Arc<Publication>> = buffered.iter().filter(|p| p.offset > top).filter_map(visible).collect();
         result.epoch = page.position.epoch.clone();
         result.recoverable = self.recoverable;
         result.positioned = self.positioned;
         result.offset = top;
         if self.recovering {
-            if page.since_available && page.publications.len() <= self.recovery_limit {
+            // Filtered-out and foreign-audience publications are skipped, not counted.
+            let recovered: Vec<Arc<Publication>> = page.publications.iter().filter_map(visible).collect();
+            if page.since_available && recovered.len() <= self.recovery_limit {
                 result.recovered = true;
-                result.publications = page.publications.clone();
+                result.publications = recovered;
                 result.publications.extend(newer);
                 result.offset = result.publications.last().map_or(top, |p| p.offset.max(top));
                 return (result, Vec::new());
@@ -93,6 +99,7 @@ pub(crate) struct Session {
     authenticated: bool,
     user: String,
     conn_info: Option<RawJson>,
+    roles: Arc<[String]>,
     expires_at: Option<u64>,
     subscriptions: HashMap<String, ClientSubscription>,
 }
@@ -107,6 +114,7 @@ impl Session {
             authenticated: false,
             user: String::new(),
             conn_info: None,
+            roles: Arc::from(Vec::new()),
             expires_at: None,
             subscriptions: HashMap::new(),
         }
@@ -264,6 +272,7 @@ impl Session {
                 Ok(claims) => {
                     self.user = claims.sub.clone();
                     self.conn_info = claims.info.clone();
+                    self.roles = Arc::from(claims.roles.clone());
                     self.expires_at = claims.expires_at();
                     server_channels.extend(claims.channels.iter().cloned());
                     let mut from_subs: Vec<String> = claims.subs.keys().cloned().collect();
@@ -548,7 +557,13 @@ impl Session {
         let positioned = history_on && (options.force_positioning || (options.allow_positioning && request.positioned));
         let join_leave = options.join_leave && (request.join_leave || options.force_push_join_leave);
 
-        let subscription = Subscription::new(self.handle.clone(), join_leave);
+        let view = View::from_request(request.tf.as_ref(), request.data.as_ref())
+            .map_err(|reason| ProtocolError::bad_request().with_message(reason))?;
+        if request.tf.is_some() && !options.allow_tags_filter && !self.insecure() {
+            return Err(ProtocolError::bad_request().with_message("tag filters (tf) are not allowed in this namespace"));
+        }
+        let viewer = Viewer { user: self.user.clone(), roles: self.roles.clone() };
+        let subscription = Subscription::new(self.handle.clone(), join_leave, view, viewer);
         if node.hub.add_subscription(&request.channel, subscription.clone()) {
             if let Err(error) = node.broker.subscribe(&request.channel).await {
                 node.hub.remove_subscription(&request.channel, &self.handle.id);
@@ -561,7 +576,8 @@ impl Session {
             let filter = if recovering {
                 HistoryFilter {
                     since: Some(StreamPosition { offset: request.offset, epoch: request.epoch.clone() }),
-                    limit: Some(recovery_limit + 1),
+                    // Everything retained: filters decide what counts against the limit.
+                    limit: None,
                     reverse: false,
                 }
             } else {
@@ -580,7 +596,13 @@ impl Session {
         };
         self.subscriptions.insert(
             request.channel.clone(),
-            ClientSubscription { expires_at, chan_info, presence: options.presence, join_leave: options.join_leave },
+            ClientSubscription {
+                view: subscription.view.clone(),
+                expires_at,
+                chan_info,
+                presence: options.presence,
+                join_leave: options.join_leave,
+            },
         );
         metrics::subscription_added();
         Ok(PreparedSubscription {
@@ -747,7 +769,12 @@ impl Session {
         if !page.since_available {
             return Err(ProtocolError::unrecoverable_position());
         }
-        Ok(HistoryResult { publications: page.publications, epoch: page.position.epoch, offset: page.position.offset })
+        // History shows what this connection's subscription would have shown live.
+        let everything = View::everything();
+        let view = self.subscriptions.get(&request.channel).map_or(&everything, |s| &s.view);
+        let viewer = Viewer { user: self.user.clone(), roles: self.roles.clone() };
+        let publications = page.publications.iter().filter_map(|p| viewer.visible(view, p)).collect();
+        Ok(HistoryResult { publications, epoch: page.position.epoch, offset: page.position.offset })
     }
 
     fn rpc(&self, id: u32, request: RpcRequest) {

@@ -7,9 +7,11 @@
 
 use crate::metrics;
 use crate::outbound::ClientHandle;
+use crate::view::{View, Viewer};
 use axum::extract::ws::Utf8Bytes;
 use herald_core::protocol::{reply, ClientInfo, Publication};
 use parking_lot::{Mutex, RwLock};
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,14 +23,23 @@ pub struct Subscription {
     pub client: Arc<ClientHandle>,
     /// Whether this subscriber wants join/leave pushes.
     pub join_leave: bool,
+    pub view: Arc<View>,
+    pub viewer: Viewer,
     live: AtomicBool,
     /// Publications that arrived before the subscribe reply was queued; `None` once live.
     pending: Mutex<Option<Vec<Arc<Publication>>>>,
 }
 
 impl Subscription {
-    pub fn new(client: Arc<ClientHandle>, join_leave: bool) -> Arc<Self> {
-        Arc::new(Self { client, join_leave, live: AtomicBool::new(false), pending: Mutex::new(Some(Vec::new())) })
+    pub fn new(client: Arc<ClientHandle>, join_leave: bool, view: Arc<View>, viewer: Viewer) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            join_leave,
+            view,
+            viewer,
+            live: AtomicBool::new(false),
+            pending: Mutex::new(Some(Vec::new())),
+        })
     }
 
     fn deliver(&self, publication: &Arc<Publication>, frame: &Utf8Bytes) {
@@ -87,8 +98,24 @@ pub struct ChannelCount {
     pub num_clients: u32,
 }
 
-/// Subscribers of one channel on this node, by client id.
-type ChannelSubscribers = HashMap<String, Arc<Subscription>>;
+/// Subscribers of one channel that share a view: evaluated and serialized once per publication.
+struct Group {
+    view: Arc<View>,
+    members: HashMap<String, Arc<Subscription>>,
+}
+
+/// Subscribers of one channel on this node, grouped by view.
+#[derive(Default)]
+struct ChannelSubscribers {
+    groups: HashMap<String, Group>,
+    count: usize,
+}
+
+impl ChannelSubscribers {
+    fn all(&self) -> impl Iterator<Item = &Arc<Subscription>> {
+        self.groups.values().flat_map(|g| g.members.values())
+    }
+}
 
 pub struct Hub {
     channels: Vec<RwLock<HashMap<String, ChannelSubscribers>>>,
@@ -157,18 +184,33 @@ impl Hub {
     pub fn add_subscription(&self, channel: &str, subscription: Arc<Subscription>) -> bool {
         let mut shard = self.channels[shard_of(channel)].write();
         let first = !shard.contains_key(channel);
-        shard.entry(channel.to_owned()).or_default().insert(subscription.client.id.clone(), subscription);
+        let entry = shard.entry(channel.to_owned()).or_default();
+        let group = entry
+            .groups
+            .entry(subscription.view.key.clone())
+            .or_insert_with(|| Group { view: subscription.view.clone(), members: HashMap::new() });
+        if group.members.insert(subscription.client.id.clone(), subscription).is_none() {
+            entry.count += 1;
+        }
         first
     }
 
     /// Removes a subscription; true when the channel has no subscribers left on this node.
     pub fn remove_subscription(&self, channel: &str, client_id: &str) -> bool {
         let mut shard = self.channels[shard_of(channel)].write();
-        let Some(subscribers) = shard.get_mut(channel) else { return false };
-        if subscribers.remove(client_id).is_none() {
+        let Some(entry) = shard.get_mut(channel) else { return false };
+        let Some(key) = entry.groups.iter().find(|(_, g)| g.members.contains_key(client_id)).map(|(k, _)| k.clone())
+        else {
             return false;
+        };
+        if let Some(group) = entry.groups.get_mut(&key) {
+            group.members.remove(client_id);
+            entry.count -= 1;
+            if group.members.is_empty() {
+                entry.groups.remove(&key);
+            }
         }
-        if subscribers.is_empty() {
+        if entry.count == 0 {
             shard.remove(channel);
             return true;
         }
@@ -176,39 +218,65 @@ impl Hub {
     }
 
     pub fn num_subscribers(&self, channel: &str) -> usize {
-        self.channels[shard_of(channel)].read().get(channel).map_or(0, HashMap::len)
+        self.channels[shard_of(channel)].read().get(channel).map_or(0, |c| c.count)
     }
 
     pub fn num_subscriptions(&self) -> usize {
-        self.channels.iter().map(|shard| shard.read().values().map(HashMap::len).sum::<usize>()).sum()
+        self.channels.iter().map(|shard| shard.read().values().map(|c| c.count).sum::<usize>()).sum()
     }
 
     pub fn channels(&self) -> Vec<ChannelCount> {
         let mut out = Vec::new();
         for shard in &self.channels {
             for (channel, subscribers) in shard.read().iter() {
-                out.push(ChannelCount { channel: channel.clone(), num_clients: subscribers.len() as u32 });
+                out.push(ChannelCount { channel: channel.clone(), num_clients: subscribers.count as u32 });
             }
         }
         out
     }
 
-    /// Queues a publication for every subscriber of `channel` on this node.
-    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) {
+    /// Queues a publication for every subscriber of `channel` on this node that may and wants to
+    /// see it. Each group of subscribers with the same view costs one filter evaluation; each
+    /// form of the publication (full or patch) is serialized at most once. Returns how many
+    /// subscribers it was queued for.
+    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) -> usize {
         let shard = self.channels[shard_of(channel)].read();
-        let Some(subscribers) = shard.get(channel) else { return };
-        let frame = Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref()));
-        for subscription in subscribers.values() {
-            subscription.deliver(publication, &frame);
+        let Some(subscribers) = shard.get(channel) else { return 0 };
+        let data = OnceCell::new();
+        let full = OnceCell::new();
+        let patch = OnceCell::new();
+        let audience = publication.audience();
+        let mut delivered = 0;
+        for group in subscribers.groups.values() {
+            if !group.view.passes(publication, &data) {
+                continue;
+            }
+            let frame = if group.view.uses_patch_form(publication) {
+                patch.get_or_init(|| {
+                    Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()))
+                })
+            } else {
+                full.get_or_init(|| Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref())))
+            };
+            for subscription in group.members.values() {
+                if let Some(audience) = audience {
+                    if !audience.admits(&subscription.viewer.user, &subscription.viewer.roles) {
+                        continue;
+                    }
+                }
+                subscription.deliver(publication, frame);
+                delivered += 1;
+            }
         }
-        metrics::deliveries(subscribers.len());
+        metrics::deliveries(delivered);
+        delivered
     }
 
     pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {
         let shard = self.channels[shard_of(channel)].read();
         let Some(subscribers) = shard.get(channel) else { return };
         let frame = Utf8Bytes::from(reply::push(channel, kind, &reply::JoinLeave { info }));
-        for subscription in subscribers.values() {
+        for subscription in subscribers.all() {
             if subscription.join_leave && subscription.is_live() {
                 subscription.client.send(frame.clone());
             }
@@ -229,6 +297,7 @@ mod tests {
             offset,
             tags: Default::default(),
             time: 0,
+            meta: None,
         })
     }
 
@@ -236,7 +305,7 @@ mod tests {
     fn pending_subscription_buffers_until_its_reply_is_queued() {
         let hub = Hub::new();
         let (handle, mut outgoing, _control) = ClientHandle::new("c1".into(), 1 << 20);
-        let subscription = Subscription::new(Arc::new(handle), false);
+        let subscription = Subscription::new(Arc::new(handle), false, View::everything(), Viewer::default());
         hub.add_subscription("ch", subscription.clone());
         for offset in 1..=3 {
             hub.broadcast_publication("ch", &publication(offset));
@@ -264,10 +333,94 @@ mod tests {
         let hub = Hub::new();
         let (a, _, _) = ClientHandle::new("a".into(), 1024);
         let (b, _, _) = ClientHandle::new("b".into(), 1024);
-        assert!(hub.add_subscription("ch", Subscription::new(Arc::new(a), false)));
-        assert!(!hub.add_subscription("ch", Subscription::new(Arc::new(b), false)));
+        assert!(
+            hub.add_subscription("ch", Subscription::new(Arc::new(a), false, View::everything(), Viewer::default()))
+        );
+        assert!(
+            !hub.add_subscription("ch", Subscription::new(Arc::new(b), false, View::everything(), Viewer::default()))
+        );
         assert!(!hub.remove_subscription("ch", "a"));
         assert!(hub.remove_subscription("ch", "b"));
         assert!(hub.channels().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod audience_properties {
+    use super::*;
+    use crate::outbound::Outgoing;
+    use herald_core::protocol::{Audience, PublicationMeta};
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    const USERS: &[&str] = &["", "u1", "u2", "u3"];
+    const ROLES: &[&str] = &["admin", "support", "ops"];
+
+    fn names(pool: &'static [&'static str]) -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(prop::sample::select(pool), 0..3).prop_map(|v| v.into_iter().map(String::from).collect())
+    }
+
+    fn audience() -> impl Strategy<Value = Option<Audience>> {
+        prop::option::of((names(USERS), names(ROLES)).prop_map(|(users, roles)| Audience { users, roles }))
+    }
+
+    proptest! {
+        /// Nobody ever receives a publication outside its audience, live or through the
+        /// history/recovery path, and everybody inside it receives it.
+        #[test]
+        fn nobody_outside_the_audience_receives(
+            viewers in prop::collection::vec((prop::sample::select(USERS), names(ROLES)), 1..6),
+            audiences in prop::collection::vec(audience(), 1..12),
+        ) {
+            let hub = Hub::new();
+            let mut inboxes = Vec::new();
+            for (i, (user, roles)) in viewers.iter().enumerate() {
+                let (handle, outgoing, control) = ClientHandle::new(format!("c{i}"), 1 << 20);
+                let viewer = Viewer { user: user.to_string(), roles: Arc::from(roles.clone()) };
+                let subscription = Subscription::new(Arc::new(handle), false, View::everything(), viewer.clone());
+                hub.add_subscription("ch", subscription.clone());
+                subscription.go_live(|_| Vec::new());
+                inboxes.push((viewer, outgoing, control));
+            }
+            let publications: Vec<Arc<Publication>> = audiences
+                .iter()
+                .enumerate()
+                .map(|(i, audience)| Arc::new(Publication {
+                    data: Arc::from(RawValue::from_string(i.to_string()).unwrap()),
+                    info: None,
+                    offset: i as u64 + 1,
+                    tags: Default::default(),
+                    time: 0,
+                    meta: Some(Arc::new(PublicationMeta { audience: audience.clone(), patch_data: None })),
+                }))
+                .collect();
+            for publication in &publications {
+                hub.broadcast_publication("ch", publication);
+            }
+            for (viewer, outgoing, _) in &mut inboxes {
+                let mut live = Vec::new();
+                while let Ok(Outgoing::Frame(frame)) = outgoing.try_recv() {
+                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
+                    prop_assert!(!frame.as_str().contains("audience"));
+                    live.push(value["push"]["pub"]["offset"].as_u64().unwrap());
+                }
+                let admitted: Vec<u64> = publications
+                    .iter()
+                    .filter(|p| p.audience().is_none_or(|a| {
+                        viewer.roles.iter().any(|r| r == "admin")
+                            || (!viewer.user.is_empty() && a.users.contains(&viewer.user))
+                            || viewer.roles.iter().any(|r| a.roles.contains(r))
+                    }))
+                    .map(|p| p.offset)
+                    .collect();
+                prop_assert_eq!(&live, &admitted);
+                let through_history: Vec<u64> = publications
+                    .iter()
+                    .filter_map(|p| viewer.visible(&View::everything(), p))
+                    .map(|p| p.offset)
+                    .collect();
+                prop_assert_eq!(&through_history, &admitted);
+            }
+        }
     }
 }

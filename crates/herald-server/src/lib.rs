@@ -19,6 +19,8 @@ pub mod outbound;
 mod router;
 pub mod server;
 mod shard;
+pub mod stats;
+pub mod view;
 mod websocket;
 
 pub use engine::{HistoryFilter, HistoryPage, StreamPosition};

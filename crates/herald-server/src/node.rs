@@ -10,11 +10,13 @@ use crate::engine::{
 use crate::hub::Hub;
 use crate::metrics;
 use crate::outbound::Control;
+use crate::stats::{Counters, GroupCounters, Stats};
 use futures_util::future::BoxFuture;
 use herald_config::{Config, NamespaceOptions};
 use herald_core::api::{NodeInfo, PublishResult};
+use herald_core::change::ChangeRequest;
 use herald_core::channel::{self, ChannelName};
-use herald_core::protocol::{ClientInfo, Publication, RawJson, SubscribeRequest};
+use herald_core::protocol::{Audience, ClientInfo, Publication, PublicationMeta, RawJson, SubscribeRequest};
 use herald_core::{Disconnect, ProtocolError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
@@ -51,6 +53,10 @@ pub struct Publish {
     pub info: Option<ClientInfo>,
     pub skip_history: bool,
     pub idempotency_key: Option<String>,
+    /// Only these users/roles (and admins) receive it; `None` is everyone.
+    pub audience: Option<Audience>,
+    /// The compact form of a change event, for subscribers in patch mode.
+    pub patch_data: Option<RawJson>,
 }
 
 impl Publish {
@@ -62,7 +68,21 @@ impl Publish {
             info: None,
             skip_history: false,
             idempotency_key: None,
+            audience: None,
+            patch_data: None,
         }
+    }
+
+    /// A change event: the full envelope as data, the patch-only envelope for patch mode, and
+    /// the automatic tags. Fails, publishing nothing, when the change is incomplete.
+    pub fn change(request: ChangeRequest) -> Result<Self, ProtocolError> {
+        let prepared = request.prepare().map_err(|reason| ProtocolError::bad_request().with_message(reason))?;
+        let mut publish = Self::new(request.channel, prepared.full);
+        publish.tags = prepared.tags;
+        publish.patch_data = Some(prepared.patch_only);
+        publish.audience = request.audience;
+        publish.idempotency_key = request.idempotency_key;
+        Ok(publish)
     }
 
     /// Serializes any value as the payload.
@@ -93,6 +113,7 @@ pub(crate) struct NodeInner {
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
     pub prometheus: Option<PrometheusHandle>,
+    pub stats: Arc<Stats>,
     channel_regexes: HashMap<String, Regex>,
 }
 
@@ -102,19 +123,24 @@ pub struct Node {
     pub(crate) inner: Arc<NodeInner>,
 }
 
-/// Hands broker deliveries to the hub. Holds only the hub, so the broker does not keep the node
-/// alive.
-struct HubDelivery(Arc<Hub>);
+/// Hands broker deliveries to the hub and counts them. Holds only the hub and the statistics,
+/// so the broker does not keep the node alive.
+struct HubDelivery {
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+}
 
 impl BrokerEventHandler for HubDelivery {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        self.0.broadcast_publication(channel, &publication);
+        let subscribers = self.hub.num_subscribers(channel);
+        let delivered = self.hub.broadcast_publication(channel, &publication);
+        self.stats.record(channel, &publication, subscribers, delivered);
     }
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.0.broadcast_join_leave(channel, "join", info);
+        self.hub.broadcast_join_leave(channel, "join", info);
     }
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.0.broadcast_join_leave(channel, "leave", info);
+        self.hub.broadcast_join_leave(channel, "leave", info);
     }
 }
 
@@ -164,7 +190,8 @@ impl NodeBuilder {
         }
         let hub = Arc::new(Hub::new());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
-        broker.register_handler(Arc::new(HubDelivery(hub.clone())));
+        let stats = Arc::new(Stats::default());
+        broker.register_handler(Arc::new(HubDelivery { hub: hub.clone(), stats: stats.clone() }));
         let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
         let id = uuid::Uuid::new_v4().to_string();
         let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
@@ -183,6 +210,7 @@ impl NodeBuilder {
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
                 prometheus: metrics::install(),
+                stats,
                 channel_regexes,
             }),
         })
@@ -241,6 +269,11 @@ impl Node {
         self.publish(Publish::json(channel, data)?).await
     }
 
+    /// Publishes an entity change with its computed JSON Patch.
+    pub async fn publish_change(&self, request: ChangeRequest) -> Result<PublishResult, ProtocolError> {
+        self.publish(Publish::change(request)?).await
+    }
+
     pub async fn publish(&self, publish: Publish) -> Result<PublishResult, ProtocolError> {
         self.inner.publish(publish, "node").await
     }
@@ -284,6 +317,24 @@ impl Node {
             .filter(|c| pattern.is_empty() || glob_match(pattern, &c.channel))
             .map(|c| (c.channel, c.num_clients))
             .collect()
+    }
+
+    /// Delivery statistics per channel with current subscriber counts.
+    pub fn channel_stats(&self) -> BTreeMap<String, Counters> {
+        let mut channels = self.inner.stats.channels();
+        for (name, counters) in channels.iter_mut() {
+            counters.subscribers = self.inner.hub.num_subscribers(name) as u64;
+        }
+        channels
+    }
+
+    /// The same statistics grouped by the values of one publication tag.
+    pub fn tag_stats(&self, tag: &str) -> BTreeMap<String, GroupCounters> {
+        let mut groups = self.inner.stats.by_tag(tag);
+        for group in groups.values_mut() {
+            group.counters.subscribers = group.channels.iter().map(|c| self.inner.hub.num_subscribers(c) as u64).sum();
+        }
+        groups
     }
 
     pub fn info(&self) -> NodeInfo {
@@ -386,8 +437,21 @@ impl NodeInner {
     pub async fn publish(&self, publish: Publish, source: &'static str) -> Result<PublishResult, ProtocolError> {
         let options = self.channel_options(&publish.channel)?;
         let publish_options = Self::publish_options(options, publish.skip_history, publish.idempotency_key);
-        let publication =
-            Publication { data: publish.data, info: publish.info, offset: 0, tags: publish.tags, time: unix_millis() };
+        if let Some(audience) = &publish.audience {
+            if audience.users.is_empty() && audience.roles.is_empty() {
+                return Err(ProtocolError::bad_request().with_message("audience names no users and no roles"));
+            }
+        }
+        let meta = (publish.audience.is_some() || publish.patch_data.is_some())
+            .then(|| Arc::new(PublicationMeta { audience: publish.audience, patch_data: publish.patch_data }));
+        let publication = Publication {
+            data: publish.data,
+            info: publish.info,
+            offset: 0,
+            tags: publish.tags,
+            time: unix_millis(),
+            meta,
+        };
         let outcome =
             self.broker.publish(&publish.channel, publication, &publish_options).await.map_err(engine_error)?;
         if !outcome.deduplicated {

@@ -288,6 +288,7 @@ mod tests {
             offset: 0,
             tags: Default::default(),
             time: 0,
+            meta: None,
         }
     }
 

@@ -1,0 +1,75 @@
+//! Per-channel delivery statistics, and the same grouped by a tag value (the per-project sync
+//! status of the entity-sync scenario). Counted where publications reach this node's hub.
+
+use herald_core::protocol::Publication;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    /// Subscribers on this node now (filled in when reported).
+    pub subscribers: u64,
+    pub publications: u64,
+    pub last_offset: u64,
+    /// Publications queued to subscribers.
+    pub deliveries: u64,
+    /// Subscriber-publication pairs not sent because of a filter or the audience.
+    pub withheld: u64,
+    /// Acknowledgements awaited (acknowledged delivery is not enabled on this node yet).
+    pub acks_pending: u64,
+}
+
+impl Counters {
+    fn record(&mut self, publication: &Publication, subscribers: usize, delivered: usize) {
+        self.publications += 1;
+        self.last_offset = self.last_offset.max(publication.offset);
+        self.deliveries += delivered as u64;
+        self.withheld += subscribers.saturating_sub(delivered) as u64;
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GroupCounters {
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub channels: BTreeSet<String>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    channels: Mutex<HashMap<String, Counters>>,
+    /// (tag key, tag value) -> counters of publications carrying that tag.
+    tags: Mutex<HashMap<(String, String), GroupCounters>>,
+}
+
+impl Stats {
+    pub fn record(&self, channel: &str, publication: &Publication, subscribers: usize, delivered: usize) {
+        self.channels.lock().entry(channel.to_owned()).or_default().record(publication, subscribers, delivered);
+        if publication.tags.is_empty() {
+            return;
+        }
+        let mut tags = self.tags.lock();
+        for (key, value) in &publication.tags {
+            let group = tags.entry((key.clone(), value.clone())).or_default();
+            group.counters.record(publication, subscribers, delivered);
+            if !group.channels.contains(channel) {
+                group.channels.insert(channel.to_owned());
+            }
+        }
+    }
+
+    pub fn channels(&self) -> BTreeMap<String, Counters> {
+        self.channels.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Groups by the values of one tag.
+    pub fn by_tag(&self, tag: &str) -> BTreeMap<String, GroupCounters> {
+        self.tags
+            .lock()
+            .iter()
+            .filter(|((key, _), _)| key == tag)
+            .map(|((_, value), c)| (value.clone(), c.clone()))
+            .collect()
+    }
+}
