@@ -107,6 +107,10 @@ const KEYS: &[KeyDoc] = &[
     doc("websocket.write_timeout", "a write to a client that takes longer ends the connection"),
     doc("prometheus.enabled", "serve /metrics"),
     doc("health.enabled", "serve /health"),
+    doc("storage.engine", "`redb` keeps history, positions and idempotency keys on disk across restarts; `memory` does not"),
+    doc("storage.data_dir", "directory of the embedded store (`herald serve --data-dir`)"),
+    doc("storage.fsync", "`always`: a publish is answered once durable; `interval`: flushed every fsync_interval (a crash may lose that window)"),
+    doc("storage.fsync_interval", "flush period with fsync = interval"),
 ];
 
 /// Centrifugo v6 sections and keys Herald does not support yet: loading removes them with a

@@ -29,6 +29,7 @@ pub struct Config {
     pub websocket: WebSocket,
     pub prometheus: Prometheus,
     pub health: Health,
+    pub storage: Storage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,6 +212,32 @@ pub struct Prometheus {
 impl Default for Prometheus {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// Where history, stream positions and idempotency keys live (Herald's own section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// `redb`: an embedded durable store under `data_dir` (the default); `memory`: nothing
+    /// survives a restart.
+    pub engine: String,
+    pub data_dir: String,
+    /// `always`: a publish is answered after its commit reached the disk; `interval`: commits
+    /// reach the disk every `fsync_interval`, which bounds what a crash may lose.
+    pub fsync: String,
+    #[serde(with = "duration")]
+    pub fsync_interval: Duration,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            engine: "redb".into(),
+            data_dir: "herald-data".into(),
+            fsync: "always".into(),
+            fsync_interval: Duration::from_millis(100),
+        }
     }
 }
 
@@ -445,6 +472,18 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if !["text", "json"].contains(&config.log.format.as_str()) {
         return Err(invalid("log.format", format!("{:?} is not text or json", config.log.format)));
+    }
+    if !["redb", "memory"].contains(&config.storage.engine.as_str()) {
+        return Err(invalid("storage.engine", format!("{:?} is not redb or memory", config.storage.engine)));
+    }
+    if !["always", "interval"].contains(&config.storage.fsync.as_str()) {
+        return Err(invalid("storage.fsync", format!("{:?} is not always or interval", config.storage.fsync)));
+    }
+    if config.storage.fsync == "interval" && config.storage.fsync_interval.is_zero() {
+        return Err(invalid("storage.fsync_interval", "must be greater than zero with fsync = \"interval\""));
+    }
+    if config.storage.engine == "redb" && config.storage.data_dir.is_empty() {
+        return Err(invalid("storage.data_dir", "must name a directory"));
     }
     validate_namespace("channel.without_namespace", &config.channel.without_namespace)?;
     let name_rule =

@@ -55,6 +55,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config.client.insecure = true;
         config.http_api.insecure = true;
     }
+    if let Some(dir) = args.data_dir {
+        config.storage.data_dir = dir;
+    }
+    if args.memory {
+        config.storage.engine = "memory".into();
+    }
     init_logging(&config)?;
     for warning in &warnings {
         tracing::warn!("{warning}");
@@ -86,7 +92,25 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
     let local = listener.local_addr().context("listener address")?;
     let timeout = config.shutdown.timeout;
-    let node = Node::new(config).map_err(|e| anyhow!("{e}"))?;
+    let node = if config.storage.engine == "redb" {
+        let store = herald_store::DurableBroker::open(herald_store::StoreOptions::from_config(&config))
+            .map_err(|e| anyhow!("storage: {e}"))?;
+        let recovered = store.recovered().clone();
+        tracing::info!(
+            data_dir = %config.storage.data_dir,
+            fsync = %config.storage.fsync,
+            streams = recovered.streams,
+            publications = recovered.publications,
+            "durable store opened"
+        );
+        if let Some(aside) = &recovered.moved_aside {
+            tracing::error!(moved_to = %aside.display(), "the store file was unreadable and was moved aside; streams start new epochs");
+        }
+        Node::builder(config).broker(std::sync::Arc::new(store)).build().map_err(|e| anyhow!("{e}"))?
+    } else {
+        tracing::warn!("storage.engine = memory: history and stream positions do not survive a restart");
+        Node::new(config).map_err(|e| anyhow!("{e}"))?
+    };
     tracing::info!(address = %local, node = node.id(), "herald listening");
     println!(
         "herald: listening on http://{local} (WebSocket ws://{local}/connection/websocket, API http://{local}/api)"

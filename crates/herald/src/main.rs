@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// Log format: text or json (overrides log.format).
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Directory of the embedded durable store (overrides storage.data_dir).
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Keep history in memory only: nothing survives a restart (storage.engine = "memory").
+    #[arg(long, conflicts_with = "data_dir")]
+    pub memory: bool,
 }
 
 #[derive(clap::Args)]

@@ -13,12 +13,22 @@ struct Server {
     url: String,
     /// Keeps the stdout reader alive so the server never blocks on a full pipe.
     _lines: mpsc::Receiver<String>,
+    data_dir: std::path::PathBuf,
 }
 
 impl Server {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(HERALD);
-        command.arg("serve").arg("--port").arg("0").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        let data_dir = std::env::temp_dir().join(format!("herald-cli-data-{}-{}", std::process::id(), unique()));
+        command
+            .arg("serve")
+            .arg("--port")
+            .arg("0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -38,7 +48,7 @@ impl Server {
                 break rest.split_whitespace().next().expect("url").to_owned();
             }
         };
-        Self { child, url, _lines: lines }
+        Self { child, url, _lines: lines, data_dir }
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -59,7 +69,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// Distinct per call within this process, so parallel tests never share a data directory.
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {

@@ -19,14 +19,17 @@ pub(crate) fn new_epoch() -> String {
 
 struct Stream {
     epoch: String,
+    /// The last offset visible to history reads and delivered to the node.
     top: u64,
+    /// The last offset handed out; ahead of `top` while a durable engine commits.
+    assigned: u64,
     retained: VecDeque<(Instant, Arc<Publication>)>,
     last_publish: Instant,
 }
 
 impl Stream {
     fn new() -> Self {
-        Self { epoch: new_epoch(), top: 0, retained: VecDeque::new(), last_publish: Instant::now() }
+        Self { epoch: new_epoch(), top: 0, assigned: 0, retained: VecDeque::new(), last_publish: Instant::now() }
     }
 
     fn drop_expired(&mut self, now: Instant) {
@@ -79,7 +82,94 @@ impl MemoryBroker {
         self.handler.get().ok_or_else(|| EngineError::Internal("broker has no handler registered".into()))
     }
 
-    fn remembered(&self, channel: &str, key: &str, now: Instant) -> Option<StreamPosition> {
+    /// Hands out the next offset (a new epoch first when the stream's meta TTL passed).
+    fn assign(stream: &mut Stream, options: &PublishOptions, now: Instant) -> StreamPosition {
+        stream.drop_expired(now);
+        let idle = now.duration_since(stream.last_publish);
+        if !options.history_meta_ttl.is_zero()
+            && stream.top > 0
+            && stream.assigned == stream.top
+            && idle > options.history_meta_ttl
+        {
+            *stream = Stream::new();
+        }
+        stream.assigned += 1;
+        stream.last_publish = now;
+        StreamPosition { offset: stream.assigned, epoch: stream.epoch.clone() }
+    }
+
+    fn make_visible(
+        stream: &mut Stream,
+        handler: &Arc<dyn BrokerEventHandler>,
+        channel: &str,
+        publication: Arc<Publication>,
+        options: &PublishOptions,
+        now: Instant,
+    ) {
+        stream.top = publication.offset;
+        stream.retained.push_back((now + options.history_ttl, publication.clone()));
+        while stream.retained.len() > options.history_size {
+            stream.retained.pop_front();
+        }
+        handler.handle_publication(channel, publication);
+    }
+
+    /// For durable engines: reserves the next offset of `channel` and runs `then` with it while
+    /// the stream is locked, so whatever `then` enqueues is in offset order. The publication
+    /// becomes visible only with [`MemoryBroker::deliver_reserved`], after it is durable.
+    pub fn reserve<R>(&self, channel: &str, options: &PublishOptions, then: impl FnOnce(&StreamPosition) -> R) -> R {
+        let stream = self.stream(channel);
+        let mut stream = stream.lock();
+        let position = Self::assign(&mut stream, options, Instant::now());
+        then(&position)
+    }
+
+    /// Makes a reserved publication visible to history and delivers it; must be called in
+    /// reservation order per channel.
+    pub fn deliver_reserved(
+        &self,
+        channel: &str,
+        publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<(), EngineError> {
+        let handler = self.handler()?;
+        let stream = self.stream(channel);
+        let mut stream = stream.lock();
+        Self::make_visible(&mut stream, handler, channel, Arc::new(publication), options, Instant::now());
+        Ok(())
+    }
+
+    /// Delivers a publication that keeps no history (no offset).
+    pub fn deliver_unstored(&self, channel: &str, mut publication: Publication) -> Result<(), EngineError> {
+        publication.offset = 0;
+        self.handler()?.handle_publication(channel, Arc::new(publication));
+        Ok(())
+    }
+
+    /// Rebuilds a stream after a restart: its epoch, top offset and retained publications, each
+    /// with the instant it expires.
+    pub fn restore(&self, channel: &str, epoch: String, top: u64, retained: Vec<(Instant, Arc<Publication>)>) {
+        let stream = self.stream(channel);
+        let mut stream = stream.lock();
+        stream.epoch = epoch;
+        stream.top = top;
+        stream.assigned = top;
+        stream.retained = retained.into();
+    }
+
+    /// Drops a channel's retained publications; offsets and epoch stay, as in Centrifugo.
+    pub fn clear_history(&self, channel: &str) {
+        if let Some(stream) = self.existing_stream(channel) {
+            stream.lock().retained.clear();
+        }
+    }
+
+    /// Remembers an idempotent publish (durable engines restore these after a restart).
+    pub fn remember(&self, channel: &str, key: &str, position: StreamPosition, expires: Instant) {
+        self.idempotency.lock().insert((channel.to_owned(), key.to_owned()), IdempotentResult { expires, position });
+    }
+
+    pub fn remembered(&self, channel: &str, key: &str, now: Instant) -> Option<StreamPosition> {
         let mut map = self.idempotency.lock();
         // Pruning on each lookup keeps the map bounded by the publish rate times the window.
         if map.len() > 1024 {
@@ -124,23 +214,10 @@ impl Broker for MemoryBroker {
         } else {
             let stream = self.stream(channel);
             let mut stream = stream.lock();
-            stream.drop_expired(now);
-            if !options.history_meta_ttl.is_zero()
-                && stream.top > 0
-                && now.duration_since(stream.last_publish) > options.history_meta_ttl
-            {
-                *stream = Stream::new();
-            }
-            stream.top += 1;
-            stream.last_publish = now;
-            publication.offset = stream.top;
-            let publication = Arc::new(publication);
-            stream.retained.push_back((now + options.history_ttl, publication.clone()));
-            while stream.retained.len() > options.history_size {
-                stream.retained.pop_front();
-            }
-            handler.handle_publication(channel, publication);
-            StreamPosition { offset: stream.top, epoch: stream.epoch.clone() }
+            let position = Self::assign(&mut stream, options, now);
+            publication.offset = position.offset;
+            Self::make_visible(&mut stream, handler, channel, Arc::new(publication), options, now);
+            position
         };
         if let Some(key) = &options.idempotency_key {
             self.idempotency.lock().insert(
@@ -202,10 +279,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-        if let Some(stream) = self.existing_stream(channel) {
-            // Offsets and epoch stay: only the retained publications go, as in Centrifugo.
-            stream.lock().retained.clear();
-        }
+        self.clear_history(channel);
         Ok(())
     }
 }

@@ -1,0 +1,425 @@
+//! The embedded durable engine: channel history, stream positions (offset and epoch) and
+//! idempotency keys in a redb file, so that a restart — graceful or `kill -9` — is invisible to
+//! clients: offsets continue, the epoch stays, recovery returns what they missed.
+//!
+//! Publishes that arrive together share one commit (group commit). A publication becomes visible
+//! to history and is delivered to subscribers only after its commit, in offset order per
+//! channel, so an acknowledged publish is never lost and a subscriber never sees one that a crash
+//! could take back. Reads are served from an in-memory index ([`MemoryBroker`]) rebuilt from the
+//! file at start.
+
+mod record;
+
+use async_trait::async_trait;
+use herald_core::protocol::{ClientInfo, Publication};
+use herald_server::engine::memory::MemoryBroker;
+use herald_server::engine::{
+    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage, PublishOptions, PublishOutcome,
+    StreamPosition, IDEMPOTENCY_WINDOW,
+};
+use record::{IdempotencyRecord, StoredPublication, StreamRecord};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+const PUBLICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("publications");
+const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
+const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+
+/// Most publishes committed together.
+const MAX_BATCH: usize = 4096;
+/// How often expired publications and idempotency keys are removed from the file.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// When commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every commit is durable before the publish is answered.
+    Always,
+    /// Commits are flushed at this period; a crash may lose up to one period of publishes.
+    Interval(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub fsync: Fsync,
+}
+
+impl StoreOptions {
+    /// From the `storage` section of the configuration.
+    pub fn from_config(storage: &herald_server::Config) -> Self {
+        let s = &storage.storage;
+        let fsync = if s.fsync == "interval" { Fsync::Interval(s.fsync_interval) } else { Fsync::Always };
+        Self { data_dir: PathBuf::from(&s.data_dir), fsync }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the store {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct PendingPublish {
+    channel: String,
+    publication: Publication,
+    position: StreamPosition,
+    options: PublishOptions,
+    done: oneshot::Sender<Result<StreamPosition, EngineError>>,
+}
+
+enum WriteItem {
+    Publish(Box<PendingPublish>),
+    RemoveHistory { channel: String, done: oneshot::Sender<Result<(), EngineError>> },
+}
+
+/// What opening the store found, for the start-up log.
+#[derive(Debug, Default, Clone)]
+pub struct Recovered {
+    pub streams: usize,
+    pub publications: usize,
+    /// The file was unreadable and was moved aside: every stream starts a new epoch.
+    pub moved_aside: Option<PathBuf>,
+}
+
+pub struct DurableBroker {
+    memory: Arc<MemoryBroker>,
+    writer: mpsc::Sender<WriteItem>,
+    recovered: Recovered,
+}
+
+impl DurableBroker {
+    /// Opens (or creates) the store in `options.data_dir` and rebuilds the in-memory index.
+    pub fn open(options: StoreOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.data_dir)
+            .map_err(|source| StoreError::DataDir { path: options.data_dir.display().to_string(), source })?;
+        let path = options.data_dir.join("herald.redb");
+        let (db, moved_aside) = open_or_set_aside(&path)?;
+        let memory = Arc::new(MemoryBroker::new());
+        let mut recovered =
+            load(&db, &memory).map_err(|reason| StoreError::Open { path: path.display().to_string(), reason })?;
+        recovered.moved_aside = moved_aside;
+        let (writer, items) = mpsc::channel();
+        let writer_memory = memory.clone();
+        std::thread::Builder::new()
+            .name("herald-store-writer".into())
+            .spawn(move || write_loop(db, items, writer_memory, options.fsync))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(Self { memory, writer, recovered })
+    }
+
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+}
+
+/// A file redb cannot open as a database is moved aside (never deleted) and a new one started;
+/// its streams then get new epochs, so clients learn `recovered: false` instead of wrong data.
+fn open_or_set_aside(path: &Path) -> Result<(Database, Option<PathBuf>), StoreError> {
+    let shown = || path.display().to_string();
+    match Database::create(path) {
+        Ok(db) => Ok((db, None)),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            Err(StoreError::Open { path: shown(), reason: "another Herald process has it open".into() })
+        }
+        Err(error) => {
+            let aside = path.with_extension(format!("corrupt-{}", unix_millis()));
+            tracing::error!(%error, file = %shown(), moved_to = %aside.display(), "store unreadable; moving it aside and starting a new one");
+            std::fs::rename(path, &aside).map_err(|e| StoreError::Open {
+                path: shown(),
+                reason: format!("{error}; moving it aside failed: {e}"),
+            })?;
+            let db = Database::create(path).map_err(|e| StoreError::Open { path: shown(), reason: e.to_string() })?;
+            Ok((db, Some(aside)))
+        }
+    }
+}
+
+/// Rebuilds streams, retained publications and idempotency keys from the file.
+fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    // Creating the tables here lets the read below find them on a new file.
+    for table in [
+        txn.open_table(STREAMS).map(|_| ()),
+        txn.open_table(PUBLICATIONS).map(|_| ()),
+        txn.open_table(IDEMPOTENCY).map(|_| ()),
+    ] {
+        table.map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let streams = read.open_table(STREAMS).map_err(|e| e.to_string())?;
+    let publications = read.open_table(PUBLICATIONS).map_err(|e| e.to_string())?;
+    let idempotency = read.open_table(IDEMPOTENCY).map_err(|e| e.to_string())?;
+    let now_ms = unix_millis();
+    let now = Instant::now();
+    let mut recovered = Recovered::default();
+    for entry in streams.iter().map_err(|e| e.to_string())? {
+        let (channel, value) = entry.map_err(|e| e.to_string())?;
+        let channel = channel.value().to_owned();
+        let stream: StreamRecord =
+            serde_json::from_slice(value.value()).map_err(|e| format!("stream {channel}: {e}"))?;
+        let mut retained = Vec::new();
+        for entry in
+            publications.range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX)).map_err(|e| e.to_string())?
+        {
+            let (_, value) = entry.map_err(|e| e.to_string())?;
+            let stored: StoredPublication =
+                serde_json::from_slice(value.value()).map_err(|e| format!("publication of {channel}: {e}"))?;
+            if stored.expires_ms <= now_ms {
+                continue;
+            }
+            let expires = now + Duration::from_millis(stored.expires_ms - now_ms);
+            retained.push((expires, Arc::new(stored.into_publication())));
+        }
+        recovered.streams += 1;
+        recovered.publications += retained.len();
+        memory.restore(&channel, stream.epoch, stream.top, retained);
+    }
+    for entry in idempotency.iter().map_err(|e| e.to_string())? {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let (channel, idempotency_key) = key.value();
+        let record: IdempotencyRecord = serde_json::from_slice(value.value()).map_err(|e| e.to_string())?;
+        if record.expires_ms > now_ms {
+            let position = StreamPosition { offset: record.offset, epoch: record.epoch };
+            memory.remember(
+                channel,
+                idempotency_key,
+                position,
+                now + Duration::from_millis(record.expires_ms - now_ms),
+            );
+        }
+    }
+    Ok(recovered)
+}
+
+/// The single writer: takes what is queued, commits it in one transaction, then makes it visible
+/// and answers the publishers, in queue (= offset) order.
+fn write_loop(db: Database, items: mpsc::Receiver<WriteItem>, memory: Arc<MemoryBroker>, fsync: Fsync) {
+    let mut last_sweep = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut unflushed = false;
+    loop {
+        let wait = match fsync {
+            Fsync::Interval(period) if unflushed => period.saturating_sub(last_flush.elapsed()),
+            _ => SWEEP_EVERY.saturating_sub(last_sweep.elapsed()),
+        };
+        let first = match items.recv_timeout(wait) {
+            Ok(item) => Some(item),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch: Vec<WriteItem> = first.into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match items.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+        let flush_due = matches!(fsync, Fsync::Interval(period) if unflushed && last_flush.elapsed() >= period);
+        if batch.is_empty() && !sweep && !flush_due {
+            continue;
+        }
+        let durable = match fsync {
+            Fsync::Always => true,
+            Fsync::Interval(period) => last_flush.elapsed() >= period,
+        };
+        let outcome = commit(&db, &batch, sweep, durable);
+        if sweep {
+            last_sweep = Instant::now();
+        }
+        if durable {
+            last_flush = Instant::now();
+            unflushed = false;
+        } else if !batch.is_empty() {
+            unflushed = true;
+        }
+        finish(batch, outcome, &memory);
+    }
+    // The broker is gone: flush whatever a non-durable commit left.
+    if unflushed {
+        let _ = commit(&db, &[], false, true);
+    }
+}
+
+fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Result<(), String> {
+    let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(|e| e.to_string())?;
+    {
+        let mut publications = txn.open_table(PUBLICATIONS).map_err(|e| e.to_string())?;
+        let mut streams = txn.open_table(STREAMS).map_err(|e| e.to_string())?;
+        let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(|e| e.to_string())?;
+        let now_ms = unix_millis();
+        for item in batch {
+            match item {
+                WriteItem::Publish(pending) => {
+                    let PendingPublish { channel, publication, position, options, .. } = pending.as_ref();
+                    let expires_ms = now_ms + options.history_ttl.as_millis() as u64;
+                    let stored = StoredPublication::from_publication(publication, expires_ms);
+                    let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
+                    publications
+                        .insert((channel.as_str(), position.offset), bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
+                    let stream = StreamRecord { epoch: position.epoch.clone(), top: position.offset };
+                    let bytes = serde_json::to_vec(&stream).map_err(|e| e.to_string())?;
+                    streams.insert(channel.as_str(), bytes.as_slice()).map_err(|e| e.to_string())?;
+                    // history_size bounds the file: older offsets of the channel go now.
+                    if position.offset > options.history_size as u64 {
+                        let keep_from = position.offset - options.history_size as u64 + 1;
+                        publications
+                            .retain_in((channel.as_str(), 0)..(channel.as_str(), keep_from), |_, _| false)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if let Some(key) = &options.idempotency_key {
+                        let record = IdempotencyRecord {
+                            expires_ms: now_ms + IDEMPOTENCY_WINDOW.as_millis() as u64,
+                            offset: position.offset,
+                            epoch: position.epoch.clone(),
+                        };
+                        let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                        idempotency
+                            .insert((channel.as_str(), key.as_str()), bytes.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                WriteItem::RemoveHistory { channel, .. } => {
+                    publications
+                        .retain_in((channel.as_str(), 0)..=(channel.as_str(), u64::MAX), |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if sweep {
+            publications
+                .retain(|_, value| {
+                    serde_json::from_slice::<record::Expiry>(value).map_or(true, |e| e.expires_ms > now_ms)
+                })
+                .map_err(|e| e.to_string())?;
+            idempotency
+                .retain(|_, value| {
+                    serde_json::from_slice::<record::Expiry>(value).map_or(true, |e| e.expires_ms > now_ms)
+                })
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBroker) {
+    if let Err(reason) = &outcome {
+        tracing::error!(%reason, publishes = batch.len(), "store commit failed; the publishes are refused");
+    }
+    for item in batch {
+        match item {
+            WriteItem::Publish(pending) => {
+                let PendingPublish { channel, publication, position, options, done } = *pending;
+                let answer = match &outcome {
+                    Ok(()) => {
+                        let delivered = memory.deliver_reserved(&channel, publication, &options);
+                        if let (Ok(()), Some(key)) = (&delivered, &options.idempotency_key) {
+                            memory.remember(&channel, key, position.clone(), Instant::now() + IDEMPOTENCY_WINDOW);
+                        }
+                        delivered.map(|()| position)
+                    }
+                    Err(reason) => Err(EngineError::Internal(format!("store commit failed: {reason}"))),
+                };
+                let _ = done.send(answer);
+            }
+            WriteItem::RemoveHistory { channel, done } => {
+                let answer = match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(reason) => Err(EngineError::Internal(reason.clone())),
+                };
+                if answer.is_ok() {
+                    memory.clear_history(&channel);
+                }
+                let _ = done.send(answer);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for DurableBroker {
+    fn register_handler(&self, handler: Arc<dyn BrokerEventHandler>) {
+        self.memory.register_handler(handler);
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.memory.subscribe(channel).await
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.memory.unsubscribe(channel).await
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        options: &PublishOptions,
+    ) -> Result<PublishOutcome, EngineError> {
+        if options.history_size == 0 {
+            // Nothing to keep: delivered at once, as the memory engine does.
+            return self.memory.publish(channel, publication, options).await;
+        }
+        if let Some(key) = &options.idempotency_key {
+            if let Some(position) = self.memory.remembered(channel, key, Instant::now()) {
+                return Ok(PublishOutcome { position, deduplicated: true });
+            }
+        }
+        let (done, answer) = oneshot::channel();
+        let sent = self.memory.reserve(channel, options, |position| {
+            publication.offset = position.offset;
+            self.writer
+                .send(WriteItem::Publish(Box::new(PendingPublish {
+                    channel: channel.to_owned(),
+                    publication,
+                    position: position.clone(),
+                    options: options.clone(),
+                    done,
+                })))
+                .is_ok()
+        });
+        if !sent {
+            return Err(EngineError::Unavailable("store writer stopped".into()));
+        }
+        let position = answer.await.map_err(|_| EngineError::Unavailable("store writer stopped".into()))??;
+        Ok(PublishOutcome { position, deduplicated: false })
+    }
+
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
+        self.memory.publish_join(channel, info).await
+    }
+
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
+        self.memory.publish_leave(channel, info).await
+    }
+
+    async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryPage, EngineError> {
+        self.memory.history(channel, filter).await
+    }
+
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(WriteItem::RemoveHistory { channel: channel.to_owned(), done })
+            .map_err(|_| EngineError::Unavailable("store writer stopped".into()))?;
+        answer.await.map_err(|_| EngineError::Unavailable("store writer stopped".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests;

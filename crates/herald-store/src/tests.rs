@@ -1,0 +1,143 @@
+use super::*;
+use serde_json::value::RawValue;
+use support::Collect;
+
+mod support {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the broker delivers, in order.
+    #[derive(Default)]
+    pub struct Collect(pub Mutex<Vec<(String, u64)>>);
+
+    impl BrokerEventHandler for Collect {
+        fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+            self.0.lock().unwrap().push((channel.to_owned(), publication.offset));
+        }
+        fn handle_join(&self, _: &str, _: &ClientInfo) {}
+        fn handle_leave(&self, _: &str, _: &ClientInfo) {}
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("herald-store-{name}-{}-{}", std::process::id(), unix_millis()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn publication(n: u64) -> Publication {
+    Publication {
+        data: Arc::from(RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap()),
+        info: None,
+        offset: 0,
+        tags: Default::default(),
+        time: unix_millis(),
+        meta: None,
+    }
+}
+
+fn kept(size: usize) -> PublishOptions {
+    PublishOptions { history_size: size, history_ttl: Duration::from_secs(300), ..Default::default() }
+}
+
+fn open(dir: &Path, fsync: Fsync) -> (DurableBroker, Arc<Collect>) {
+    let broker = DurableBroker::open(StoreOptions { data_dir: dir.to_owned(), fsync }).unwrap();
+    let collect = Arc::new(Collect::default());
+    broker.register_handler(collect.clone());
+    (broker, collect)
+}
+
+#[tokio::test]
+async fn history_positions_and_idempotency_survive_reopening() {
+    let dir = temp_dir("reopen");
+    let epoch = {
+        let (broker, collect) = open(&dir, Fsync::Always);
+        for n in 1..=5 {
+            broker.publish("c", publication(n), &kept(3)).await.unwrap();
+        }
+        let keyed = PublishOptions { idempotency_key: Some("k".into()), ..kept(3) };
+        let first = broker.publish("c", publication(6), &keyed).await.unwrap();
+        assert_eq!(first.position.offset, 6);
+        assert_eq!(collect.0.lock().unwrap().len(), 6, "delivered after commit");
+        first.position.epoch
+    };
+    // The writer thread of the first broker has exited once its sender dropped; the file is
+    // closed when the thread ends. Wait for that, bounded.
+    let (broker, collect) = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match DurableBroker::open(StoreOptions { data_dir: dir.clone(), fsync: Fsync::Always }) {
+                Ok(broker) => {
+                    let collect = Arc::new(Collect::default());
+                    broker.register_handler(collect.clone());
+                    break (broker, collect);
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "store did not reopen: {e}");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    };
+    assert_eq!(broker.recovered().streams, 1);
+    let page = broker.history("c", &HistoryFilter::default()).await.unwrap();
+    assert_eq!(page.position, StreamPosition { offset: 6, epoch: epoch.clone() });
+    let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![4, 5, 6], "history_size 3 kept across the restart");
+    let next = broker.publish("c", publication(7), &kept(3)).await.unwrap();
+    assert_eq!(next.position, StreamPosition { offset: 7, epoch });
+    let keyed = PublishOptions { idempotency_key: Some("k".into()), ..kept(3) };
+    let repeat = broker.publish("c", publication(6), &keyed).await.unwrap();
+    assert!(repeat.deduplicated, "idempotency key remembered across the restart");
+    assert_eq!(collect.0.lock().unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn concurrent_publishes_are_delivered_in_offset_order() {
+    let dir = temp_dir("order");
+    let (broker, collect) = open(&dir, Fsync::Interval(Duration::from_millis(50)));
+    let broker = Arc::new(broker);
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let broker = broker.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                broker.publish("c", publication(t * 100 + n), &kept(1000)).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let delivered: Vec<u64> = collect.0.lock().unwrap().iter().map(|(_, o)| *o).collect();
+    assert_eq!(delivered, (1..=400).collect::<Vec<u64>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_unreadable_file_is_moved_aside_and_streams_start_a_new_epoch() {
+    let dir = temp_dir("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("herald.redb"), b"this is not a redb file at all, just garbage bytes").unwrap();
+    let (broker, _) = open(&dir, Fsync::Always);
+    let aside = broker.recovered().moved_aside.clone().expect("moved aside");
+    assert!(aside.exists());
+    let outcome = broker.publish("c", publication(1), &kept(10)).await.unwrap();
+    assert_eq!(outcome.position.offset, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn remove_history_keeps_the_position() {
+    let dir = temp_dir("remove");
+    let (broker, _) = open(&dir, Fsync::Always);
+    for n in 1..=3 {
+        broker.publish("c", publication(n), &kept(10)).await.unwrap();
+    }
+    broker.remove_history("c").await.unwrap();
+    let page = broker.history("c", &HistoryFilter::default()).await.unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(page.position.offset, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
