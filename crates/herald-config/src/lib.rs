@@ -124,7 +124,7 @@ pub struct Namespace {
 }
 
 /// Per-namespace channel options; all off by default, as in Centrifugo.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamespaceOptions {
     pub presence: bool,
@@ -154,6 +154,48 @@ pub struct NamespaceOptions {
     pub channel_regex: String,
     pub allow_tags_filter: bool,
     pub allowed_delta_types: Vec<String>,
+    /// Herald: every publication requires acknowledgement by its live recipients.
+    pub require_ack: bool,
+    /// Herald: time before the first redelivery of an unacknowledged publication (doubles each retry).
+    #[serde(with = "duration")]
+    pub ack_timeout: Duration,
+    /// Herald: redeliveries before the delivery is recorded as expired.
+    pub ack_max_retries: u32,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            history_meta_ttl: Duration::ZERO,
+            force_recovery: false,
+            allow_recovery: false,
+            force_positioning: false,
+            allow_positioning: false,
+            allow_subscribe_for_client: false,
+            allow_subscribe_for_anonymous: false,
+            allow_publish_for_client: false,
+            allow_publish_for_subscriber: false,
+            allow_publish_for_anonymous: false,
+            allow_presence_for_client: false,
+            allow_presence_for_subscriber: false,
+            allow_presence_for_anonymous: false,
+            allow_history_for_client: false,
+            allow_history_for_subscriber: false,
+            allow_history_for_anonymous: false,
+            allow_user_limited_channels: false,
+            channel_regex: String::new(),
+            allow_tags_filter: false,
+            allowed_delta_types: Vec::new(),
+            require_ack: false,
+            ack_timeout: Duration::from_secs(5),
+            ack_max_retries: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -425,6 +467,12 @@ fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), Conf
         if on && !history {
             return Err(invalid(format!("{path}.{flag}"), "needs history (history_size and history_ttl)"));
         }
+    }
+    if options.ack_timeout.is_zero() {
+        return Err(invalid(format!("{path}.ack_timeout"), "must be greater than zero"));
+    }
+    if options.require_ack && !history {
+        return Err(invalid(format!("{path}.require_ack"), "needs history (history_size and history_ttl)"));
     }
     if !options.channel_regex.is_empty() {
         regex::Regex::new(&options.channel_regex)

@@ -23,6 +23,9 @@ pub struct PublishRequest {
     /// Herald extension: only these users/roles (and admins) receive the publication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<Audience>,
+    /// Herald extension: live recipients must acknowledge it (`herald.ack`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_ack: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +55,8 @@ pub struct BroadcastRequest {
     pub idempotency_key: String,
     #[serde(default)]
     pub audience: Option<Audience>,
+    #[serde(default)]
+    pub requires_ack: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,4 +173,10 @@ pub struct StatsRequest {
     /// Only channels matching this pattern (`*` wildcards).
     #[serde(default)]
     pub channel: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DeliveryStatusRequest {
+    pub channel: String,
+    pub offset: u64,
 }

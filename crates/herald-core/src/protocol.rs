@@ -309,6 +309,16 @@ pub struct PublicationMeta {
     pub audience: Option<Audience>,
     /// The compact form of a change event's data, for subscribers in patch mode.
     pub patch_data: Option<RawJson>,
+    /// Live recipients must acknowledge it (`herald.ack`); unacknowledged ones get it again.
+    pub ack: Option<AckPolicy>,
+}
+
+/// How a publication that requires confirmation is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckPolicy {
+    /// Milliseconds before the first retry; each retry doubles it.
+    pub timeout_ms: u64,
+    pub max_retries: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

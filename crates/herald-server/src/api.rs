@@ -98,6 +98,7 @@ const METHODS: &[&str] = &[
     "publish",
     "publish_change",
     "stats",
+    "delivery_status",
     "broadcast",
     "batch",
     "subscribe",
@@ -139,6 +140,7 @@ async fn publish(node: &Node, request: PublishRequest) -> Result<PublishResult, 
     publish.skip_history = request.skip_history;
     publish.idempotency_key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
     publish.audience = request.audience;
+    publish.requires_ack = request.requires_ack;
     node.inner.publish(publish, "api").await
 }
 
@@ -169,6 +171,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                     tags: request.tags.clone(),
                     idempotency_key: request.idempotency_key.clone(),
                     audience: request.audience.clone(),
+                    requires_ack: request.requires_ack,
                 };
                 responses.push(match publish(node, single).await {
                     Ok(result) => Answer::Result(result),
@@ -283,6 +286,14 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "publish_change" => {
             let request: herald_core::change::ChangeRequest = parse(body)?;
             to_raw(&node.inner.publish(Publish::change(request)?, "api").await?)
+        }
+        "delivery_status" => {
+            let request: DeliveryStatusRequest = parse(body)?;
+            node.channel_options(&request.channel)?;
+            match node.delivery_status(&request.channel, request.offset) {
+                Some(status) => to_raw(&status),
+                None => Err(ProtocolError::new(102, "no tracked delivery at this channel and offset")),
+            }
         }
         "stats" => {
             let request: StatsRequest = parse(body)?;

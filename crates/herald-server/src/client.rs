@@ -106,6 +106,9 @@ pub(crate) struct Session {
 
 type CommandResult = Result<(), Disconnect>;
 
+/// The built-in RPC method of acknowledged delivery.
+const ACK_METHOD: &str = "herald.ack";
+
 impl Session {
     pub fn new(node: Arc<NodeInner>, handle: Arc<ClientHandle>) -> Self {
         Self {
@@ -225,6 +228,13 @@ impl Session {
                 let handler = self.node.message_handler.read().clone();
                 if let Some(handler) = handler {
                     handler(self.rpc_context(""), request.data);
+                }
+                Ok(())
+            }
+            Method::Rpc(request) if request.method == ACK_METHOD => {
+                match self.ack(request).await {
+                    Ok(result) => self.send(id, "rpc", &result),
+                    Err(error) => self.send_error(id, "rpc", &error),
                 }
                 Ok(())
             }
@@ -550,18 +560,24 @@ impl Session {
         if self.subscriptions.len() >= node.config.client.channel_limit {
             return Err(ProtocolError::limit_exceeded().with_message("channel limit reached"));
         }
-        let history_on = options.history_size > 0;
-        let recoverable = history_on
-            && (options.force_recovery || (options.allow_recovery && (request.recoverable || request.recover)));
-        let recovering = recoverable && request.recover;
-        let positioned = history_on && (options.force_positioning || (options.allow_positioning && request.positioned));
-        let join_leave = options.join_leave && (request.join_leave || options.force_push_join_leave);
-
         let view = View::from_request(request.tf.as_ref(), request.data.as_ref())
             .map_err(|reason| ProtocolError::bad_request().with_message(reason))?;
         if request.tf.is_some() && !options.allow_tags_filter && !self.insecure() {
             return Err(ProtocolError::bad_request().with_message("tag filters (tf) are not allowed in this namespace"));
         }
+        // `herald.resume`: recover from the user's durable cursor when the client has no position.
+        let mut since =
+            request.recover.then(|| StreamPosition { offset: request.offset, epoch: request.epoch.clone() });
+        if view.resume && since.is_none() && !self.user.is_empty() {
+            since = node.broker.cursor(&self.user, &request.channel).await.map_err(|_| ProtocolError::internal())?;
+        }
+        let history_on = options.history_size > 0;
+        let recoverable = history_on
+            && (options.force_recovery || (options.allow_recovery && (request.recoverable || since.is_some())));
+        let recovering = recoverable && since.is_some();
+        let positioned = history_on && (options.force_positioning || (options.allow_positioning && request.positioned));
+        let join_leave = options.join_leave && (request.join_leave || options.force_push_join_leave);
+
         let viewer = Viewer { user: self.user.clone(), roles: self.roles.clone() };
         let subscription = Subscription::new(self.handle.clone(), join_leave, view, viewer);
         if node.hub.add_subscription(&request.channel, subscription.clone()) {
@@ -575,7 +591,7 @@ impl Session {
         let history = if history_on {
             let filter = if recovering {
                 HistoryFilter {
-                    since: Some(StreamPosition { offset: request.offset, epoch: request.epoch.clone() }),
+                    since: since.clone(),
                     // Everything retained: filters decide what counts against the limit.
                     limit: None,
                     reverse: false,
@@ -775,6 +791,40 @@ impl Session {
         let viewer = Viewer { user: self.user.clone(), roles: self.roles.clone() };
         let publications = page.publications.iter().filter_map(|p| viewer.visible(view, p)).collect();
         Ok(HistoryResult { publications, epoch: page.position.epoch, offset: page.position.offset })
+    }
+
+    /// `herald.ack {"channel", "offset"}`: confirms everything up to the offset on the channel
+    /// for this connection and its user, and moves the user's durable cursor there.
+    async fn ack(&self, request: RpcRequest) -> Result<RpcResult, ProtocolError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ack {
+            channel: String,
+            offset: u64,
+        }
+        let data = request.data.ok_or_else(|| ProtocolError::bad_request().with_message("herald.ack needs data"))?;
+        let ack: Ack = serde_json::from_str(data.get())
+            .map_err(|e| ProtocolError::bad_request().with_message(format!("herald.ack: {e}")))?;
+        self.node.channel_options(&ack.channel)?;
+        let confirmed = self.node.acks.ack(&ack.channel, ack.offset, &self.user, &self.handle.id);
+        if !self.user.is_empty() {
+            let top = self
+                .node
+                .broker
+                .history(&ack.channel, &HistoryFilter { limit: Some(0), ..Default::default() })
+                .await
+                .map_err(|_| ProtocolError::internal())?;
+            let offset = ack.offset.min(top.position.offset);
+            let cursor = StreamPosition { offset, epoch: top.position.epoch };
+            self.node
+                .broker
+                .save_cursor(&self.user, &ack.channel, &cursor)
+                .await
+                .map_err(|_| ProtocolError::internal())?;
+        }
+        let data = serde_json::value::to_raw_value(&serde_json::json!({ "acknowledged": confirmed }))
+            .map_err(|_| ProtocolError::internal())?;
+        Ok(RpcResult { data: Some(Arc::from(data)) })
     }
 
     fn rpc(&self, id: u32, request: RpcRequest) {

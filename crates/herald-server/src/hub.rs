@@ -92,6 +92,15 @@ pub fn go_live_together(
     }
 }
 
+/// What one broadcast did.
+#[derive(Default)]
+pub struct Broadcast {
+    pub subscribers: usize,
+    pub delivered: usize,
+    /// Who got a publication that requires acknowledgement.
+    pub recipients: Vec<Arc<Subscription>>,
+}
+
 /// What `channels` reports for one channel on this node.
 pub struct ChannelCount {
     pub channel: String,
@@ -237,11 +246,12 @@ impl Hub {
 
     /// Queues a publication for every subscriber of `channel` on this node that may and wants to
     /// see it. Each group of subscribers with the same view costs one filter evaluation; each
-    /// form of the publication (full or patch) is serialized at most once. Returns how many
-    /// subscribers it was queued for.
-    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) -> usize {
+    /// form of the publication (full or patch) is serialized at most once.
+    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) -> Broadcast {
         let shard = self.channels[shard_of(channel)].read();
-        let Some(subscribers) = shard.get(channel) else { return 0 };
+        let Some(subscribers) = shard.get(channel) else { return Broadcast::default() };
+        let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
+        let mut recipients = Vec::new();
         let data = OnceCell::new();
         let full = OnceCell::new();
         let patch = OnceCell::new();
@@ -266,10 +276,13 @@ impl Hub {
                 }
                 subscription.deliver(publication, frame);
                 delivered += 1;
+                if track {
+                    recipients.push(subscription.clone());
+                }
             }
         }
         metrics::deliveries(delivered);
-        delivered
+        Broadcast { subscribers: subscribers.count, delivered, recipients }
     }
 
     pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {
@@ -391,7 +404,7 @@ mod audience_properties {
                     offset: i as u64 + 1,
                     tags: Default::default(),
                     time: 0,
-                    meta: Some(Arc::new(PublicationMeta { audience: audience.clone(), patch_data: None })),
+                    meta: Some(Arc::new(PublicationMeta { audience: audience.clone(), patch_data: None, ack: None })),
                 }))
                 .collect();
             for publication in &publications {

@@ -8,6 +8,7 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+pub mod acks;
 pub mod api;
 pub mod auth;
 mod client;

@@ -71,3 +71,19 @@ pub fn slow_client() {
 pub fn bad_input(kind: &'static str) {
     counter!("herald_bad_input_total", "kind" => kind).increment(1);
 }
+
+pub fn ack_pending(delta: f64) {
+    gauge!("herald_acks_pending").increment(delta);
+}
+
+pub fn acks(count: usize) {
+    counter!("herald_acks_total").increment(count as u64);
+}
+
+pub fn ack_retry() {
+    counter!("herald_ack_retries_total").increment(1);
+}
+
+pub fn ack_expired() {
+    counter!("herald_ack_expired_total").increment(1);
+}

@@ -1,6 +1,7 @@
 //! The node: configuration, hub, engine and the operations both the client protocol, the server
 //! API and embedding code use (publish, history, presence, subscribe/unsubscribe/disconnect).
 
+use crate::acks::AckTracker;
 use crate::auth::TokenVerifier;
 use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
@@ -16,7 +17,7 @@ use herald_config::{Config, NamespaceOptions};
 use herald_core::api::{NodeInfo, PublishResult};
 use herald_core::change::ChangeRequest;
 use herald_core::channel::{self, ChannelName};
-use herald_core::protocol::{Audience, ClientInfo, Publication, PublicationMeta, RawJson, SubscribeRequest};
+use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Publication, PublicationMeta, RawJson, SubscribeRequest};
 use herald_core::{Disconnect, ProtocolError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
@@ -57,6 +58,8 @@ pub struct Publish {
     pub audience: Option<Audience>,
     /// The compact form of a change event, for subscribers in patch mode.
     pub patch_data: Option<RawJson>,
+    /// Live recipients must acknowledge it (also forced by the namespace's `require_ack`).
+    pub requires_ack: bool,
 }
 
 impl Publish {
@@ -70,6 +73,7 @@ impl Publish {
             idempotency_key: None,
             audience: None,
             patch_data: None,
+            requires_ack: false,
         }
     }
 
@@ -114,6 +118,7 @@ pub(crate) struct NodeInner {
     pub connections: TaskTracker,
     pub prometheus: Option<PrometheusHandle>,
     pub stats: Arc<Stats>,
+    pub acks: Arc<AckTracker>,
     channel_regexes: HashMap<String, Regex>,
 }
 
@@ -128,13 +133,22 @@ pub struct Node {
 struct HubDelivery {
     hub: Arc<Hub>,
     stats: Arc<Stats>,
+    acks: Arc<AckTracker>,
 }
 
 impl BrokerEventHandler for HubDelivery {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let subscribers = self.hub.num_subscribers(channel);
-        let delivered = self.hub.broadcast_publication(channel, &publication);
-        self.stats.record(channel, &publication, subscribers, delivered);
+        let broadcast = self.hub.broadcast_publication(channel, &publication);
+        self.stats.record(channel, &publication, broadcast.subscribers, broadcast.delivered);
+        if let Some(policy) = publication.meta.as_ref().and_then(|m| m.ack) {
+            self.acks.track(
+                channel,
+                &publication,
+                broadcast.recipients,
+                Duration::from_millis(policy.timeout_ms),
+                policy.max_retries,
+            );
+        }
     }
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
         self.hub.broadcast_join_leave(channel, "join", info);
@@ -191,7 +205,9 @@ impl NodeBuilder {
         let hub = Arc::new(Hub::new());
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let stats = Arc::new(Stats::default());
-        broker.register_handler(Arc::new(HubDelivery { hub: hub.clone(), stats: stats.clone() }));
+        let acks = Arc::new(AckTracker::default());
+        broker.register_handler(Arc::new(HubDelivery { hub: hub.clone(), stats: stats.clone(), acks: acks.clone() }));
+        spawn_ack_ticker(&acks);
         let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
         let id = uuid::Uuid::new_v4().to_string();
         let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
@@ -211,10 +227,28 @@ impl NodeBuilder {
                 connections: TaskTracker::new(),
                 prometheus: metrics::install(),
                 stats,
+                acks,
                 channel_regexes,
             }),
         })
     }
+}
+
+/// Retries and expires acknowledged deliveries while the node lives (when built inside a tokio
+/// runtime; a node built elsewhere does no redelivery).
+fn spawn_ack_ticker(acks: &Arc<AckTracker>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let acks = Arc::downgrade(acks);
+    runtime.spawn(async move {
+        let idle = Duration::from_millis(100);
+        loop {
+            let Some(tracker) = acks.upgrade() else { return };
+            let next = tracker.tick();
+            drop(tracker);
+            let wait = next.map_or(idle, |at| at.saturating_duration_since(Instant::now()).min(idle));
+            tokio::time::sleep(wait).await;
+        }
+    });
 }
 
 fn engine_error(error: EngineError) -> ProtocolError {
@@ -322,10 +356,23 @@ impl Node {
     /// Delivery statistics per channel with current subscriber counts.
     pub fn channel_stats(&self) -> BTreeMap<String, Counters> {
         let mut channels = self.inner.stats.channels();
+        let pending = self.inner.acks.pending_by_channel();
         for (name, counters) in channels.iter_mut() {
             counters.subscribers = self.inner.hub.num_subscribers(name) as u64;
+            counters.acks_pending = pending.get(name).copied().unwrap_or(0);
         }
         channels
+    }
+
+    /// Who acknowledged, who is pending (with retries) and who expired, for a publication that
+    /// requires acknowledgement; `None` when it is not tracked on this node.
+    pub fn delivery_status(&self, channel: &str, offset: u64) -> Option<crate::acks::DeliveryStatus> {
+        self.inner.acks.status(channel, offset)
+    }
+
+    /// Called for each delivery that ran out of retries.
+    pub fn on_ack_expired(&self, handler: impl Fn(&str, u64, &crate::acks::Recipient) + Send + Sync + 'static) {
+        self.inner.acks.on_expired(Arc::new(handler));
     }
 
     /// The same statistics grouped by the values of one publication tag.
@@ -442,8 +489,15 @@ impl NodeInner {
                 return Err(ProtocolError::bad_request().with_message("audience names no users and no roles"));
             }
         }
-        let meta = (publish.audience.is_some() || publish.patch_data.is_some())
-            .then(|| Arc::new(PublicationMeta { audience: publish.audience, patch_data: publish.patch_data }));
+        let ack = (publish.requires_ack || options.require_ack).then_some(AckPolicy {
+            timeout_ms: options.ack_timeout.as_millis() as u64,
+            max_retries: options.ack_max_retries,
+        });
+        if ack.is_some() && (options.history_size == 0 || publish.skip_history) {
+            return Err(ProtocolError::bad_request().with_message("acknowledged delivery needs history on the channel"));
+        }
+        let meta = (publish.audience.is_some() || publish.patch_data.is_some() || ack.is_some())
+            .then(|| Arc::new(PublicationMeta { audience: publish.audience, patch_data: publish.patch_data, ack }));
         let publication = Publication {
             data: publish.data,
             info: publish.info,

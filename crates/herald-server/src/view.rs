@@ -19,10 +19,12 @@ pub struct View {
     pub filter: Option<Filter>,
     /// Change events without the full `new` document.
     pub patch_mode: bool,
+    /// Recover from the user's durable cursor (subscribe-time only; not part of the key).
+    pub resume: bool,
 }
 
 /// Herald's subscription options, sent by stock SDKs in the subscribe request's `data`:
-/// `{"herald": {"filters": [FilterNode, ...], "changes": "patch" | "full"}}`.
+/// `{"herald": {"filters": [FilterNode, ...], "changes": "patch" | "full", "resume": true}}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeraldOptions {
@@ -30,6 +32,8 @@ struct HeraldOptions {
     filters: Option<Vec<FilterNode>>,
     #[serde(default)]
     changes: Option<String>,
+    #[serde(default)]
+    resume: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,7 +76,7 @@ impl View {
             (a, b) => a.or(b),
         };
         let key = format!("{}|{}", filter.as_ref().map_or("", Filter::key), if patch_mode { "patch" } else { "full" });
-        Ok(Arc::new(Self { key, filter, patch_mode }))
+        Ok(Arc::new(Self { key, filter, patch_mode, resume: options.resume }))
     }
 
     /// Whether the publication's content passes the filter. `data` caches the parsed payload

@@ -28,6 +28,8 @@ use tokio::sync::oneshot;
 const PUBLICATIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("publications");
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+/// (user, channel) -> the last position the user acknowledged.
+const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cursors");
 
 /// Most publishes committed together.
 const MAX_BATCH: usize = 4096;
@@ -81,6 +83,7 @@ struct PendingPublish {
 enum WriteItem {
     Publish(Box<PendingPublish>),
     RemoveHistory { channel: String, done: oneshot::Sender<Result<(), EngineError>> },
+    Cursor { user: String, channel: String, position: StreamPosition, done: oneshot::Sender<Result<(), EngineError>> },
 }
 
 /// What opening the store found, for the start-up log.
@@ -153,6 +156,7 @@ fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
         txn.open_table(STREAMS).map(|_| ()),
         txn.open_table(PUBLICATIONS).map(|_| ()),
         txn.open_table(IDEMPOTENCY).map(|_| ()),
+        txn.open_table(CURSORS).map(|_| ()),
     ] {
         table.map_err(|e| e.to_string())?;
     }
@@ -186,6 +190,13 @@ fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
         recovered.streams += 1;
         recovered.publications += retained.len();
         memory.restore(&channel, stream.epoch, stream.top, retained);
+    }
+    let cursors = read.open_table(CURSORS).map_err(|e| e.to_string())?;
+    for entry in cursors.iter().map_err(|e| e.to_string())? {
+        let (key, value) = entry.map_err(|e| e.to_string())?;
+        let (user, channel) = key.value();
+        let record: record::CursorRecord = serde_json::from_slice(value.value()).map_err(|e| e.to_string())?;
+        memory.set_cursor(user, channel, StreamPosition { offset: record.offset, epoch: record.epoch });
     }
     for entry in idempotency.iter().map_err(|e| e.to_string())? {
         let (key, value) = entry.map_err(|e| e.to_string())?;
@@ -261,6 +272,7 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
         let mut publications = txn.open_table(PUBLICATIONS).map_err(|e| e.to_string())?;
         let mut streams = txn.open_table(STREAMS).map_err(|e| e.to_string())?;
         let mut idempotency = txn.open_table(IDEMPOTENCY).map_err(|e| e.to_string())?;
+        let mut cursors = txn.open_table(CURSORS).map_err(|e| e.to_string())?;
         let now_ms = unix_millis();
         for item in batch {
             match item {
@@ -299,6 +311,11 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
                         .retain_in((channel.as_str(), 0)..=(channel.as_str(), u64::MAX), |_, _| false)
                         .map_err(|e| e.to_string())?;
                 }
+                WriteItem::Cursor { user, channel, position, .. } => {
+                    let record = record::CursorRecord { offset: position.offset, epoch: position.epoch.clone() };
+                    let bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                    cursors.insert((user.as_str(), channel.as_str()), bytes.as_slice()).map_err(|e| e.to_string())?;
+                }
             }
         }
         if sweep {
@@ -334,6 +351,16 @@ fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBro
                         delivered.map(|()| position)
                     }
                     Err(reason) => Err(EngineError::Internal(format!("store commit failed: {reason}"))),
+                };
+                let _ = done.send(answer);
+            }
+            WriteItem::Cursor { user, channel, position, done } => {
+                let answer = match &outcome {
+                    Ok(()) => {
+                        memory.set_cursor(&user, &channel, position);
+                        Ok(())
+                    }
+                    Err(reason) => Err(EngineError::Internal(reason.clone())),
                 };
                 let _ = done.send(answer);
             }
@@ -418,6 +445,23 @@ impl Broker for DurableBroker {
             .send(WriteItem::RemoveHistory { channel: channel.to_owned(), done })
             .map_err(|_| EngineError::Unavailable("store writer stopped".into()))?;
         answer.await.map_err(|_| EngineError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn save_cursor(&self, user: &str, channel: &str, position: &StreamPosition) -> Result<(), EngineError> {
+        let (done, answer) = oneshot::channel();
+        self.writer
+            .send(WriteItem::Cursor {
+                user: user.to_owned(),
+                channel: channel.to_owned(),
+                position: position.clone(),
+                done,
+            })
+            .map_err(|_| EngineError::Unavailable("store writer stopped".into()))?;
+        answer.await.map_err(|_| EngineError::Unavailable("store writer stopped".into()))?
+    }
+
+    async fn cursor(&self, user: &str, channel: &str) -> Result<Option<StreamPosition>, EngineError> {
+        self.memory.cursor(user, channel).await
     }
 }
 

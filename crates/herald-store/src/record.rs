@@ -1,7 +1,7 @@
 //! How records are kept in the file: JSON, so they stay readable with any tool and a schema
 //! change can be detected rather than misread.
 
-use herald_core::protocol::{Audience, ClientInfo, Publication, PublicationMeta, RawJson};
+use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Publication, PublicationMeta, RawJson};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +39,14 @@ pub struct StoredPublication {
     pub audience: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch_data: Option<RawJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckPolicy>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CursorRecord {
+    pub offset: u64,
+    pub epoch: String,
 }
 
 impl StoredPublication {
@@ -53,12 +61,13 @@ impl StoredPublication {
             time: publication.time,
             audience: meta.and_then(|m| m.audience.clone()),
             patch_data: meta.and_then(|m| m.patch_data.clone()),
+            ack: meta.and_then(|m| m.ack),
         }
     }
 
     pub fn into_publication(self) -> Publication {
-        let meta = (self.audience.is_some() || self.patch_data.is_some())
-            .then(|| Arc::new(PublicationMeta { audience: self.audience, patch_data: self.patch_data }));
+        let meta = (self.audience.is_some() || self.patch_data.is_some() || self.ack.is_some())
+            .then(|| Arc::new(PublicationMeta { audience: self.audience, patch_data: self.patch_data, ack: self.ack }));
         Publication { data: self.data, info: self.info, offset: self.offset, tags: self.tags, time: self.time, meta }
     }
 }

@@ -59,6 +59,8 @@ async fn history_positions_and_idempotency_survive_reopening() {
         let first = broker.publish("c", publication(6), &keyed).await.unwrap();
         assert_eq!(first.position.offset, 6);
         assert_eq!(collect.0.lock().unwrap().len(), 6, "delivered after commit");
+        let cursor = StreamPosition { offset: 5, epoch: first.position.epoch.clone() };
+        broker.save_cursor("u1", "c", &cursor).await.unwrap();
         first.position.epoch
     };
     // The writer thread of the first broker has exited once its sender dropped; the file is
@@ -85,7 +87,8 @@ async fn history_positions_and_idempotency_survive_reopening() {
     let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
     assert_eq!(offsets, vec![4, 5, 6], "history_size 3 kept across the restart");
     let next = broker.publish("c", publication(7), &kept(3)).await.unwrap();
-    assert_eq!(next.position, StreamPosition { offset: 7, epoch });
+    assert_eq!(next.position, StreamPosition { offset: 7, epoch: epoch.clone() });
+    assert_eq!(broker.cursor("u1", "c").await.unwrap(), Some(StreamPosition { offset: 5, epoch: epoch.clone() }));
     let keyed = PublishOptions { idempotency_key: Some("k".into()), ..kept(3) };
     let repeat = broker.publish("c", publication(6), &keyed).await.unwrap();
     assert!(repeat.deduplicated, "idempotency key remembered across the restart");

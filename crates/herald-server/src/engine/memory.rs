@@ -49,6 +49,7 @@ pub struct MemoryBroker {
     handler: OnceLock<Arc<dyn BrokerEventHandler>>,
     streams: Vec<RwLock<HashMap<String, Arc<Mutex<Stream>>>>>,
     idempotency: Mutex<HashMap<(String, String), IdempotentResult>>,
+    cursors: Mutex<HashMap<(String, String), StreamPosition>>,
 }
 
 impl Default for MemoryBroker {
@@ -57,6 +58,7 @@ impl Default for MemoryBroker {
             handler: OnceLock::new(),
             streams: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             idempotency: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -155,6 +157,15 @@ impl MemoryBroker {
         stream.top = top;
         stream.assigned = top;
         stream.retained = retained.into();
+    }
+
+    /// Sets a cursor, never moving it backwards within an epoch (acknowledgements are cumulative).
+    pub fn set_cursor(&self, user: &str, channel: &str, position: StreamPosition) {
+        let mut cursors = self.cursors.lock();
+        let entry = cursors.entry((user.to_owned(), channel.to_owned())).or_insert_with(|| position.clone());
+        if entry.epoch != position.epoch || entry.offset < position.offset {
+            *entry = position;
+        }
     }
 
     /// Drops a channel's retained publications; offsets and epoch stay, as in Centrifugo.
@@ -281,6 +292,15 @@ impl Broker for MemoryBroker {
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
         self.clear_history(channel);
         Ok(())
+    }
+
+    async fn save_cursor(&self, user: &str, channel: &str, position: &StreamPosition) -> Result<(), EngineError> {
+        self.set_cursor(user, channel, position.clone());
+        Ok(())
+    }
+
+    async fn cursor(&self, user: &str, channel: &str) -> Result<Option<StreamPosition>, EngineError> {
+        Ok(self.cursors.lock().get(&(user.to_owned(), channel.to_owned())).cloned())
     }
 }
 

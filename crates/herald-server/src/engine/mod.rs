@@ -101,6 +101,11 @@ pub trait Broker: Send + Sync + 'static {
 
     async fn history(&self, channel: &str, filter: &HistoryFilter) -> Result<HistoryPage, EngineError>;
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Stores a user's durable cursor: the last position it acknowledged on a channel.
+    async fn save_cursor(&self, user: &str, channel: &str, position: &StreamPosition) -> Result<(), EngineError>;
+    /// A user's durable cursor on a channel, if it acknowledged anything there.
+    async fn cursor(&self, user: &str, channel: &str) -> Result<Option<StreamPosition>, EngineError>;
 }
 
 #[async_trait]
