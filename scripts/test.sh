@@ -6,6 +6,4 @@ cd "$(dirname "$0")/.."
 
 cargo build --workspace --all-targets
 cargo test --workspace
-if [ -x scripts/interop.sh ]; then
-  scripts/interop.sh
-fi
+scripts/test-interop.sh
