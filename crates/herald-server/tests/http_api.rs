@@ -82,7 +82,7 @@ async fn broadcast_and_batch() {
             ]}),
         )
         .await;
-    let replies = answer["result"]["replies"].as_array().unwrap();
+    let replies = answer["replies"].as_array().unwrap();
     assert_eq!(replies[0]["publish"]["offset"], json!(2));
     assert_eq!(replies[1]["presence_stats"]["num_clients"], json!(1));
     assert_eq!(replies[2]["error"]["code"], json!(104));
