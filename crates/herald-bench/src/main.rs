@@ -164,9 +164,9 @@ async fn subscriber(
                 } else if text.starts_with("40") && !announced {
                     announced = true;
                     let _ = ready.send(()).await;
-                } else if text.starts_with("42") {
+                } else if let Some(event) = text.strip_prefix("42") {
                     // 42["msg","{\"ts\":...}"]: the payload is a JSON string inside the array.
-                    if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&text[2..]) {
+                    if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(event) {
                         if let Some(ts) = items.get(1).and_then(Value::as_str).and_then(timestamp_in) {
                             local.record(ts, &progress);
                         }
