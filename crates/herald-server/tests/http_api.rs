@@ -161,3 +161,35 @@ async fn health_and_metrics() {
     assert!(metrics.contains(r#"herald_bad_input_total{kind="malformed_json"}"#), "{metrics}");
     assert!(metrics.contains(r#"herald_disconnects_total{code="3501"}"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn shutdown_finishes_an_api_call_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(config()).await;
+    let body = r#"{"channel":"news","data":{"last":"words"}}"#;
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nX-API-Key: {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    // Half of the request is in; the server is told to stop; then the rest arrives.
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body.as_bytes()[..10]).await.unwrap();
+    socket.flush().await.unwrap();
+    let node = server.node.clone();
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::timeout(WAIT, node.shutdown_token().cancelled()).await.expect("shutdown started");
+    socket.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"result\"") {
+        let read = tokio::time::timeout(WAIT, socket.read(&mut buffer)).await.expect("answer in time").unwrap();
+        assert!(read > 0, "connection closed before the answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""offset":1"#), "{answer}");
+    stopping.await.unwrap().unwrap();
+}
