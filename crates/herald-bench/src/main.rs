@@ -340,6 +340,7 @@ async fn main() -> Result<()> {
         "deliveries": received,
         "missing": expected.saturating_sub(received),
         "deliveries_per_sec": per_second.round(),
+        "publishes_per_sec": (accepted as f64 / publish_time.as_secs_f64().max(1e-9)).round(),
         "connect_ms": connect_time.as_millis(),
         "latency_ms": {
             "p50": histogram.value_at_quantile(0.50) as f64 / 1000.0,
