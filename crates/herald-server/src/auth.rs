@@ -42,14 +42,19 @@ pub struct ConnectClaims {
     pub expire_at: Option<u64>,
 }
 
+/// When a connection or subscription expires: `expire_at` overrides `exp`, and 0 means never.
+fn expiry(expire_at: Option<u64>, exp: Option<u64>) -> Option<u64> {
+    match expire_at {
+        Some(0) => None,
+        Some(at) => Some(at),
+        None => exp,
+    }
+}
+
 impl ConnectClaims {
     /// Unix time at which the connection expires, if it does.
     pub fn expires_at(&self) -> Option<u64> {
-        match self.expire_at {
-            Some(0) => None,
-            Some(at) => Some(at),
-            None => self.exp,
-        }
+        expiry(self.expire_at, self.exp)
     }
 }
 
@@ -69,12 +74,9 @@ pub struct SubscribeClaims {
 }
 
 impl SubscribeClaims {
+    /// Unix time at which the subscription expires, if it does.
     pub fn expires_at(&self) -> Option<u64> {
-        match self.expire_at {
-            Some(0) => None,
-            Some(at) => Some(at),
-            None => self.exp,
-        }
+        expiry(self.expire_at, self.exp)
     }
 }
 

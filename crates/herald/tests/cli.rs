@@ -11,6 +11,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Server {
     child: Child,
     url: String,
+    /// What the server printed on stdout before its listening line.
+    banner: Vec<String>,
     /// Keeps the stdout reader alive so the server never blocks on a full pipe.
     _lines: mpsc::Receiver<String>,
     data_dir: std::path::PathBuf,
@@ -42,13 +44,15 @@ impl Server {
                 }
             }
         });
+        let mut banner = Vec::new();
         let url = loop {
             let line = lines.recv_timeout(WAIT).expect("herald serve prints its address");
             if let Some(rest) = line.strip_prefix("herald: listening on ") {
                 break rest.split_whitespace().next().expect("url").to_owned();
             }
+            banner.push(line);
         };
-        Self { child, url, _lines: lines, data_dir }
+        Self { child, url, banner, _lines: lines, data_dir }
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -78,6 +82,30 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Starts `herald subscribe` and returns once it reports its subscription.
+fn subscriber(args: &[&str]) -> Child {
+    let mut child = Command::new(HERALD)
+        .arg("subscribe")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn subscribe");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("subscriber status line");
+    assert!(line.contains("subscribed to"), "{line}");
+    child
+}
+
+/// Everything a finished `herald subscribe` printed, after checking it succeeded.
+fn output_of(mut child: Child) -> String {
+    let mut output = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut output).expect("read");
+    assert!(child.wait().expect("wait").success());
+    output
 }
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
@@ -115,25 +143,13 @@ fn publish_and_subscribe_through_the_binary() {
     let mut server = Server::start(&[], &env);
     let (ok, token, err) = run(&["token", "--user", "42"], &env);
     assert!(ok, "{err}");
-    let mut subscriber = Command::new(HERALD)
-        .args(["subscribe", "news", "--count", "2", "--url", &server.url, "--token", token.trim()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn subscribe");
-    // Wait until the subscriber reports its subscription before publishing.
-    let mut stderr = BufReader::new(subscriber.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("subscriber status line");
-    assert!(line.contains("subscribed to news"), "{line}");
+    let listening = subscriber(&["news", "--count", "2", "--url", &server.url, "--token", token.trim()]);
     for n in 1..=2 {
         let (ok, out, err) = run(&["publish", "news", &format!(r#"{{"n":{n}}}"#), "--url", &server.url], &env);
         assert!(ok, "publish failed: {out} {err}");
         assert!(out.contains("offset"), "{out}");
     }
-    let mut output = String::new();
-    subscriber.stdout.take().expect("stdout").read_to_string(&mut output).expect("read");
-    assert!(subscriber.wait().expect("wait").success());
+    let output = output_of(listening);
     let lines: Vec<serde_json::Value> = output.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(lines.len(), 2, "{output}");
     assert_eq!(lines[0]["data"], serde_json::json!({"n": 1}));
@@ -148,29 +164,24 @@ fn publish_and_subscribe_through_the_binary() {
 #[test]
 fn serve_without_secrets_generates_and_prints_them() {
     let mut server = Server::start(&[], &[]);
-    // The secrets were printed before the listening line; the server works with them.
-    let _ = &server.url;
+    let banner = server.banner.join("\n");
+    assert!(banner.contains("generated client.token.hmac_secret_key for this run: "), "{banner}");
+    assert!(banner.contains("generated http_api.key for this run: "), "{banner}");
+    // The printed key works.
+    let key =
+        banner.lines().find_map(|l| l.strip_prefix("herald: generated http_api.key for this run: ")).expect("key");
+    let (ok, out, err) = run(&["publish", "news", "{}", "--url", &server.url, "--api-key", key.trim()], &[]);
+    assert!(ok, "{out}{err}");
     assert!(server.terminate().success());
 }
 
 #[test]
 fn dev_mode_allows_anonymous_subscribe() {
     let mut server = Server::start(&["--dev"], &[]);
-    let mut subscriber = Command::new(HERALD)
-        .args(["subscribe", "open", "--count", "1", "--url", &server.url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn subscribe");
-    let mut stderr = BufReader::new(subscriber.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("status line");
-    assert!(line.contains("subscribed"), "{line}");
+    let listening = subscriber(&["open", "--count", "1", "--url", &server.url]);
     let (ok, out, err) = run(&["publish", "open", "[1,2,3]", "--url", &server.url], &[]);
     assert!(ok, "{out}{err}");
-    let mut output = String::new();
-    subscriber.stdout.take().expect("stdout").read_to_string(&mut output).expect("read");
-    assert!(subscriber.wait().expect("wait").success());
+    let output = output_of(listening);
     assert!(output.contains("[1,2,3]"), "{output}");
     assert!(server.terminate().success());
 }
