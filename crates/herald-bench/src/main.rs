@@ -49,6 +49,13 @@ struct Args {
     /// Print one JSON line instead of the summary.
     #[arg(long)]
     json: bool,
+    /// Herald: spread subscribers over this many distinct filters (tag `group` = g0..gN-1);
+    /// publication k carries group g(k mod N), so each reaches subscribers/N subscribers.
+    #[arg(long, default_value_t = 0)]
+    filters: usize,
+    /// Report the server's CPU time per publication, read from /proc/PID/stat.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -96,6 +103,7 @@ fn timestamp_in(text: &str) -> Option<u64> {
 }
 
 async fn subscriber(
+    index: usize,
     args: Arc<Args>,
     addr: String,
     progress: Arc<AtomicU64>,
@@ -114,7 +122,13 @@ async fn subscriber(
             let frame = format!(
                 "{}\n{}",
                 json!({"id": 1, "connect": {"token": args.token}}),
-                json!({"id": 2, "subscribe": {"channel": args.channel}})
+                if args.filters > 0 {
+                    let group = format!("g{}", index % args.filters);
+                    let filters = json!([{"key": "group", "cmp": "eq", "val": group}]);
+                    json!({"id": 2, "subscribe": {"channel": args.channel, "data": {"herald": {"filters": filters}}}})
+                } else {
+                    json!({"id": 2, "subscribe": {"channel": args.channel}})
+                }
             );
             socket.send(Message::Text(frame.into())).await?;
         }
@@ -186,6 +200,17 @@ async fn subscriber(
     Ok(local)
 }
 
+/// User plus system CPU seconds a process has used (Linux `/proc/PID/stat`, in clock ticks of
+/// 1/100 s, the value on every Linux this runs on).
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / 100.0)
+}
+
 fn payload(seq: u64, padding: &str) -> String {
     format!("{{\"seq\":{seq},\"ts\":{},\"pad\":\"{padding}\"}}", now_ns())
 }
@@ -221,9 +246,14 @@ async fn publish_all(args: Arc<Args>, addr: String) -> Result<(u64, Duration)> {
             }
             Target::Herald | Target::Socketio => {
                 let request = if args.target == Target::Herald {
+                    let tags = if args.filters > 0 {
+                        format!(",\"tags\":{{\"group\":\"g{}\"}}", seq as usize % args.filters)
+                    } else {
+                        String::new()
+                    };
                     let mut request = http
                         .post(format!("http://{addr}/api/publish"))
-                        .body(format!("{{\"channel\":\"{}\",\"data\":{body}}}", args.channel));
+                        .body(format!("{{\"channel\":\"{}\",\"data\":{body}{tags}}}", args.channel));
                     if !args.api_key.is_empty() {
                         request = request.header("X-API-Key", &args.api_key);
                     }
@@ -279,11 +309,14 @@ async fn main() -> Result<()> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.subscribers.max(1));
     let connect_started = Instant::now();
     let mut tasks = Vec::with_capacity(args.subscribers);
-    for _ in 0..args.subscribers {
+    for index in 0..args.subscribers {
         let (args, addr, progress, ready, stop) =
             (args.clone(), addr.clone(), progress.clone(), ready_tx.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
-            subscriber(args, addr, progress, ready, stop).await.map_err(|error| eprintln!("subscriber: {error:#}")).ok()
+            subscriber(index, args, addr, progress, ready, stop)
+                .await
+                .map_err(|error| eprintln!("subscriber: {error:#}"))
+                .ok()
         }));
     }
     drop(ready_tx);
@@ -301,8 +334,16 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    let cpu_before = args.server_pid.and_then(process_cpu_seconds);
     let (accepted, publish_time) = publish_all(args.clone(), addr).await?;
-    let expected = accepted * args.subscribers as u64;
+    let expected = if args.filters > 0 {
+        // Publication k reaches the subscribers of group k mod N.
+        (1..=accepted)
+            .map(|k| (0..args.subscribers).filter(|i| i % args.filters == k as usize % args.filters).count() as u64)
+            .sum()
+    } else {
+        accepted * args.subscribers as u64
+    };
     // A progress check every 20 ms bounds the wait; the figures come from the subscribers' clocks.
     while progress.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -324,6 +365,10 @@ async fn main() -> Result<()> {
             };
         }
     }
+    let server_cpu = match (cpu_before, args.server_pid.and_then(process_cpu_seconds)) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let window = match (first, last) {
         (Some(first), Some(last)) if last > first => last - first,
         _ => publish_time,
@@ -342,6 +387,9 @@ async fn main() -> Result<()> {
         "deliveries_per_sec": per_second.round(),
         "publishes_per_sec": (accepted as f64 / publish_time.as_secs_f64().max(1e-9)).round(),
         "connect_ms": connect_time.as_millis(),
+        "filters": args.filters,
+        "server_cpu_seconds": server_cpu,
+        "server_cpu_us_per_publication": server_cpu.map(|cpu| (cpu * 1e6 / accepted.max(1) as f64).round()),
         "latency_ms": {
             "p50": histogram.value_at_quantile(0.50) as f64 / 1000.0,
             "p90": histogram.value_at_quantile(0.90) as f64 / 1000.0,
