@@ -42,18 +42,21 @@ impl Subscription {
         })
     }
 
-    fn deliver(&self, publication: &Arc<Publication>, frame: &Utf8Bytes) {
+    /// Queues (or buffers, while pending) a publication; false when it was dropped.
+    fn deliver(&self, publication: &Arc<Publication>, frame: &Utf8Bytes) -> bool {
         // Fast path once live: no lock per delivery.
         if self.live.load(Ordering::Acquire) {
-            self.client.send(frame.clone());
-            return;
+            return self.client.send(frame.clone());
         }
         let mut pending = self.pending.lock();
         match pending.as_mut() {
-            Some(buffer) => buffer.push(publication.clone()),
+            Some(buffer) => {
+                buffer.push(publication.clone());
+                true
+            }
             None => {
                 drop(pending);
-                self.client.send(frame.clone());
+                self.client.send(frame.clone())
             }
         }
     }
@@ -97,6 +100,8 @@ pub fn go_live_together(
 pub struct Broadcast {
     pub subscribers: usize,
     pub delivered: usize,
+    /// Subscribers whose queue was full (they are being disconnected as slow and will recover).
+    pub dropped: usize,
     /// Who got a publication that requires acknowledgement.
     pub recipients: Vec<Arc<Subscription>>,
 }
@@ -252,6 +257,7 @@ impl Hub {
         let Some(subscribers) = shard.get(channel) else { return Broadcast::default() };
         let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
         let mut recipients = Vec::new();
+        let mut dropped = 0;
         let data = OnceCell::new();
         let full = OnceCell::new();
         let patch = OnceCell::new();
@@ -274,7 +280,10 @@ impl Hub {
                         continue;
                     }
                 }
-                subscription.deliver(publication, frame);
+                if !subscription.deliver(publication, frame) {
+                    dropped += 1;
+                    continue;
+                }
                 delivered += 1;
                 if track {
                     recipients.push(subscription.clone());
@@ -282,7 +291,7 @@ impl Hub {
             }
         }
         metrics::deliveries(delivered);
-        Broadcast { subscribers: subscribers.count, delivered, recipients }
+        Broadcast { subscribers: subscribers.count, delivered, dropped, recipients }
     }
 
     pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {

@@ -11,7 +11,7 @@ use crate::engine::{
 use crate::hub::Hub;
 use crate::metrics;
 use crate::outbound::Control;
-use crate::stats::{Counters, GroupCounters, Stats};
+use crate::stats::{Counters, GroupCounters, Outcome, Stats};
 use futures_util::future::BoxFuture;
 use herald_config::{Config, NamespaceOptions};
 use herald_core::api::{NodeInfo, PublishResult};
@@ -139,7 +139,9 @@ struct HubDelivery {
 impl BrokerEventHandler for HubDelivery {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         let broadcast = self.hub.broadcast_publication(channel, &publication);
-        self.stats.record(channel, &publication, broadcast.subscribers, broadcast.delivered);
+        let outcome =
+            Outcome { subscribers: broadcast.subscribers, delivered: broadcast.delivered, dropped: broadcast.dropped };
+        self.stats.record(channel, &publication, &outcome);
         if let Some(policy) = publication.meta.as_ref().and_then(|m| m.ack) {
             self.acks.track(
                 channel,

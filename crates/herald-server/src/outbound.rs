@@ -66,9 +66,10 @@ impl ClientHandle {
 
     /// Queues a frame unless the queue is over its byte limit, in which case the connection is
     /// told to disconnect as slow: it will reconnect and recover instead of growing memory.
-    pub fn send(&self, frame: Utf8Bytes) {
+    /// Returns false when the frame was dropped because the client could not keep up.
+    pub fn send(&self, frame: Utf8Bytes) -> bool {
         if self.overflowed.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         let queued = self.queued_bytes.fetch_add(frame.len(), Ordering::AcqRel) + frame.len();
         if queued > self.queue_max_bytes {
@@ -77,9 +78,9 @@ impl ClientHandle {
                 crate::metrics::slow_client();
                 let _ = self.control.send(Control::Disconnect(Disconnect::SLOW));
             }
-            return;
+            return false;
         }
-        let _ = self.outgoing.send(Outgoing::Frame(frame));
+        self.outgoing.send(Outgoing::Frame(frame)).is_ok()
     }
 
     /// Called by the writer once a frame left the process.

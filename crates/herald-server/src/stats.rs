@@ -16,17 +16,27 @@ pub struct Counters {
     pub deliveries: u64,
     /// Subscriber-publication pairs not sent because of a filter or the audience.
     pub withheld: u64,
+    /// Publications dropped for subscribers that could not keep up (disconnected with 3008).
+    pub dropped: u64,
     /// Acknowledgements awaited (acknowledged delivery is not enabled on this node yet).
     pub acks_pending: u64,
 }
 
 impl Counters {
-    fn record(&mut self, publication: &Publication, subscribers: usize, delivered: usize) {
+    fn record(&mut self, publication: &Publication, outcome: &Outcome) {
         self.publications += 1;
         self.last_offset = self.last_offset.max(publication.offset);
-        self.deliveries += delivered as u64;
-        self.withheld += subscribers.saturating_sub(delivered) as u64;
+        self.deliveries += outcome.delivered as u64;
+        self.dropped += outcome.dropped as u64;
+        self.withheld += outcome.subscribers.saturating_sub(outcome.delivered + outcome.dropped) as u64;
     }
+}
+
+/// What one publication's fan-out did on this node.
+pub struct Outcome {
+    pub subscribers: usize,
+    pub delivered: usize,
+    pub dropped: usize,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -44,15 +54,15 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn record(&self, channel: &str, publication: &Publication, subscribers: usize, delivered: usize) {
-        self.channels.lock().entry(channel.to_owned()).or_default().record(publication, subscribers, delivered);
+    pub fn record(&self, channel: &str, publication: &Publication, outcome: &Outcome) {
+        self.channels.lock().entry(channel.to_owned()).or_default().record(publication, outcome);
         if publication.tags.is_empty() {
             return;
         }
         let mut tags = self.tags.lock();
         for (key, value) in &publication.tags {
             let group = tags.entry((key.clone(), value.clone())).or_default();
-            group.counters.record(publication, subscribers, delivered);
+            group.counters.record(publication, outcome);
             if !group.channels.contains(channel) {
                 group.channels.insert(channel.to_owned());
             }

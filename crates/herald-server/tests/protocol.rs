@@ -438,6 +438,8 @@ async fn slow_client_is_disconnected_with_3008_and_others_carry_on() {
         }
     }
     assert!(disconnected, "the stalled client was never disconnected");
+    let stats = server.node.channel_stats();
+    assert!(stats["firehose"].dropped > 0, "drops are counted: {:?}", stats["firehose"]);
     // Read what the stalled client got: it ends with close code 3008.
     use futures_util::StreamExt;
     let mut code = None;
