@@ -33,8 +33,8 @@ const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("curs
 
 /// Most publishes committed together.
 const MAX_BATCH: usize = 4096;
-/// How often expired publications and idempotency keys are removed from the file.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often expired publications and idempotency keys are removed from the file, by default.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// When commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,7 @@ pub enum Fsync {
 pub struct StoreOptions {
     pub data_dir: PathBuf,
     pub fsync: Fsync,
+    pub sweep_every: Duration,
 }
 
 impl StoreOptions {
@@ -56,7 +57,7 @@ impl StoreOptions {
     pub fn from_config(storage: &herald_server::Config) -> Self {
         let s = &storage.storage;
         let fsync = if s.fsync == "interval" { Fsync::Interval(s.fsync_interval) } else { Fsync::Always };
-        Self { data_dir: PathBuf::from(&s.data_dir), fsync }
+        Self { data_dir: PathBuf::from(&s.data_dir), fsync, sweep_every: SWEEP_EVERY }
     }
 }
 
@@ -97,6 +98,7 @@ pub struct Recovered {
 
 pub struct DurableBroker {
     memory: Arc<MemoryBroker>,
+    sweeps: Arc<std::sync::atomic::AtomicU64>,
     writer: mpsc::Sender<WriteItem>,
     recovered: Recovered,
 }
@@ -114,15 +116,23 @@ impl DurableBroker {
         recovered.moved_aside = moved_aside;
         let (writer, items) = mpsc::channel();
         let writer_memory = memory.clone();
+        let sweeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer_sweeps = sweeps.clone();
+        let (fsync, sweep_every) = (options.fsync, options.sweep_every);
         std::thread::Builder::new()
             .name("herald-store-writer".into())
-            .spawn(move || write_loop(db, items, writer_memory, options.fsync))
+            .spawn(move || write_loop(db, items, writer_memory, fsync, sweep_every, writer_sweeps))
             .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
-        Ok(Self { memory, writer, recovered })
+        Ok(Self { memory, sweeps, writer, recovered })
     }
 
     pub fn recovered(&self) -> &Recovered {
         &self.recovered
+    }
+
+    /// How many expiry sweeps have been committed.
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -217,14 +227,21 @@ fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
 
 /// The single writer: takes what is queued, commits it in one transaction, then makes it visible
 /// and answers the publishers, in queue (= offset) order.
-fn write_loop(db: Database, items: mpsc::Receiver<WriteItem>, memory: Arc<MemoryBroker>, fsync: Fsync) {
+fn write_loop(
+    db: Database,
+    items: mpsc::Receiver<WriteItem>,
+    memory: Arc<MemoryBroker>,
+    fsync: Fsync,
+    sweep_every: Duration,
+    sweeps: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut last_sweep = Instant::now();
     let mut last_flush = Instant::now();
     let mut unflushed = false;
     loop {
         let wait = match fsync {
             Fsync::Interval(period) if unflushed => period.saturating_sub(last_flush.elapsed()),
-            _ => SWEEP_EVERY.saturating_sub(last_sweep.elapsed()),
+            _ => sweep_every.saturating_sub(last_sweep.elapsed()),
         };
         let first = match items.recv_timeout(wait) {
             Ok(item) => Some(item),
@@ -238,7 +255,7 @@ fn write_loop(db: Database, items: mpsc::Receiver<WriteItem>, memory: Arc<Memory
                 Err(_) => break,
             }
         }
-        let sweep = last_sweep.elapsed() >= SWEEP_EVERY;
+        let sweep = last_sweep.elapsed() >= sweep_every;
         let flush_due = matches!(fsync, Fsync::Interval(period) if unflushed && last_flush.elapsed() >= period);
         if batch.is_empty() && !sweep && !flush_due {
             continue;
@@ -250,6 +267,9 @@ fn write_loop(db: Database, items: mpsc::Receiver<WriteItem>, memory: Arc<Memory
         let outcome = commit(&db, &batch, sweep, durable);
         if sweep {
             last_sweep = Instant::now();
+            if outcome.is_ok() {
+                sweeps.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
         }
         if durable {
             last_flush = Instant::now();
@@ -319,11 +339,33 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
             }
         }
         if sweep {
-            publications
-                .retain(|_, value| {
-                    serde_json::from_slice::<record::Expiry>(value).map_or(true, |e| e.expires_ms > now_ms)
-                })
-                .map_err(|e| e.to_string())?;
+            // A channel's publications expire oldest first, so each channel's sweep reads only
+            // its expired head and stops at the first live one: no full scan under the writer.
+            let channels: Vec<String> = streams
+                .iter()
+                .map_err(|e| e.to_string())?
+                .filter_map(|entry| entry.ok().map(|(channel, _)| channel.value().to_owned()))
+                .collect();
+            for channel in &channels {
+                let mut expired_up_to = None;
+                for entry in publications
+                    .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                    .map_err(|e| e.to_string())?
+                {
+                    let (key, value) = entry.map_err(|e| e.to_string())?;
+                    let live =
+                        serde_json::from_slice::<record::Expiry>(value.value()).map_or(true, |e| e.expires_ms > now_ms);
+                    if live {
+                        break;
+                    }
+                    expired_up_to = Some(key.value().1);
+                }
+                if let Some(last) = expired_up_to {
+                    publications
+                        .retain_in((channel.as_str(), 0)..=(channel.as_str(), last), |_, _| false)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
             idempotency
                 .retain(|_, value| {
                     serde_json::from_slice::<record::Expiry>(value).map_or(true, |e| e.expires_ms > now_ms)

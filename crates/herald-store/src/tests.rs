@@ -41,7 +41,8 @@ fn kept(size: usize) -> PublishOptions {
 }
 
 fn open(dir: &Path, fsync: Fsync) -> (DurableBroker, Arc<Collect>) {
-    let broker = DurableBroker::open(StoreOptions { data_dir: dir.to_owned(), fsync }).unwrap();
+    let broker =
+        DurableBroker::open(StoreOptions { data_dir: dir.to_owned(), fsync, sweep_every: SWEEP_EVERY }).unwrap();
     let collect = Arc::new(Collect::default());
     broker.register_handler(collect.clone());
     (broker, collect)
@@ -68,7 +69,11 @@ async fn history_positions_and_idempotency_survive_reopening() {
     let (broker, collect) = {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            match DurableBroker::open(StoreOptions { data_dir: dir.clone(), fsync: Fsync::Always }) {
+            match DurableBroker::open(StoreOptions {
+                data_dir: dir.clone(),
+                fsync: Fsync::Always,
+                sweep_every: SWEEP_EVERY,
+            }) {
                 Ok(broker) => {
                     let collect = Arc::new(Collect::default());
                     broker.register_handler(collect.clone());
@@ -142,5 +147,50 @@ async fn remove_history_keeps_the_position() {
     let page = broker.history("c", &HistoryFilter::default()).await.unwrap();
     assert!(page.publications.is_empty());
     assert_eq!(page.position.offset, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_sweep_removes_expired_publications_from_the_file() {
+    let dir = temp_dir("sweep");
+    let options = StoreOptions { data_dir: dir.clone(), fsync: Fsync::Always, sweep_every: Duration::from_millis(50) };
+    let broker = DurableBroker::open(options.clone()).unwrap();
+    broker.register_handler(Arc::new(Collect::default()));
+    let short = PublishOptions { history_size: 10, history_ttl: Duration::from_millis(1), ..Default::default() };
+    for n in 1..=3 {
+        broker.publish("short", publication(n), &short).await.unwrap();
+    }
+    for n in 1..=2 {
+        broker.publish("long", publication(n), &kept(10)).await.unwrap();
+    }
+    // Two sweeps after the publishes: at least one ran after every short one expired.
+    let start = broker.sweeps();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while broker.sweeps() < start + 2 {
+        assert!(Instant::now() < deadline, "no sweep ran");
+        tokio::task::yield_now().await;
+    }
+    drop(broker);
+    let db = loop {
+        match Database::create(dir.join("herald.redb")) {
+            Ok(db) => break db,
+            Err(_) => {
+                assert!(Instant::now() < deadline + Duration::from_secs(5), "store never closed");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let read = db.begin_read().unwrap();
+    let table = read.open_table(PUBLICATIONS).unwrap();
+    let keys: Vec<(String, u64)> = table
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (key, _) = entry.unwrap();
+            let (channel, offset) = key.value();
+            (channel.to_owned(), offset)
+        })
+        .collect();
+    assert_eq!(keys, vec![("long".to_owned(), 1), ("long".to_owned(), 2)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
