@@ -53,6 +53,9 @@ struct Args {
     /// publication k carries group g(k mod N), so each reaches subscribers/N subscribers.
     #[arg(long, default_value_t = 0)]
     filters: usize,
+    /// Herald: send publications in `batch` API calls of this many (parallel), as fast as accepted.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Report the server's CPU time per publication, read from /proc/PID/stat.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -215,7 +218,51 @@ fn payload(seq: u64, padding: &str) -> String {
     format!("{{\"seq\":{seq},\"ts\":{},\"pad\":\"{padding}\"}}", now_ns())
 }
 
+/// Publishes through Herald's `batch` method, `args.batch` publications per call, up to 64 calls
+/// in flight.
+async fn publish_batches(args: Arc<Args>, addr: String) -> Result<(u64, Duration)> {
+    let padding = "x".repeat(args.payload);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut seq = 1;
+    while seq <= args.messages {
+        let last = (seq + args.batch as u64 - 1).min(args.messages);
+        let commands: Vec<String> = (seq..=last)
+            .map(|n| format!("{{\"publish\":{{\"channel\":\"{}\",\"data\":{}}}}}", args.channel, payload(n, &padding)))
+            .collect();
+        seq = last + 1;
+        let mut request = http
+            .post(format!("http://{addr}/api/batch"))
+            .body(format!("{{\"parallel\":true,\"commands\":[{}]}}", commands.join(",")));
+        if !args.api_key.is_empty() {
+            request = request.header("X-API-Key", &args.api_key);
+        }
+        while in_flight.len() >= 64 {
+            if let Some(Ok(Some(count))) = in_flight.join_next().await {
+                accepted += count;
+            }
+        }
+        in_flight.spawn(async move {
+            let text = request.send().await.ok()?.text().await.ok()?;
+            let answer: Value = serde_json::from_str(&text).ok()?;
+            let replies = answer.get("replies")?.as_array()?;
+            Some(replies.iter().filter(|r| r.get("publish").is_some()).count() as u64)
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        if let Ok(Some(count)) = done {
+            accepted += count;
+        }
+    }
+    Ok((accepted, started.elapsed()))
+}
+
 async fn publish_all(args: Arc<Args>, addr: String) -> Result<(u64, Duration)> {
+    if args.batch > 1 && args.target == Target::Herald {
+        return publish_batches(args, addr).await;
+    }
     let padding = "x".repeat(args.payload);
     let http = reqwest::Client::new();
     let mut nats = if args.target == Target::Nats {

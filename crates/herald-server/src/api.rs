@@ -184,10 +184,9 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         }
         "batch" => {
             let request: BatchRequest = parse(body)?;
-            let mut replies = Vec::with_capacity(request.commands.len());
-            for command in request.commands {
+            let commands = request.commands.into_iter().map(|command| async move {
                 let mut entries = command.into_iter();
-                let reply = match (entries.next(), entries.next()) {
+                match (entries.next(), entries.next()) {
                     (Some((name, args)), None) => match method_name(&name).filter(|m| *m != "batch") {
                         Some(inner) => match Box::pin(call(node, inner, args.get().as_bytes())).await {
                             Ok(result) => serde_json::json!({ inner: result }),
@@ -198,9 +197,20 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                     _ => {
                         serde_json::json!({ "error": ProtocolError::bad_request().with_message("a batch command names exactly one method") })
                     }
-                };
-                replies.push(reply);
-            }
+                }
+            });
+            // In parallel, publishes of one batch share durable commits (group commit); each
+            // still takes its offset in command order, since offsets are assigned before the
+            // first wait.
+            let replies = if request.parallel {
+                futures_util::future::join_all(commands).await
+            } else {
+                let mut replies = Vec::new();
+                for command in commands {
+                    replies.push(command.await);
+                }
+                replies
+            };
             to_raw(&serde_json::json!({ "replies": replies }))
         }
         "subscribe" => {

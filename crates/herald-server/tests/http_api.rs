@@ -193,3 +193,18 @@ async fn shutdown_finishes_an_api_call_in_flight() {
     assert!(answer.contains(r#""offset":1"#), "{answer}");
     stopping.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn parallel_batch_keeps_command_order_for_offsets_and_delivery() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connected(&token("1", None, &[])).await;
+    client.call(json!({"subscribe": {"channel": "bulk"}})).await;
+    let commands: Vec<_> = (1..=50).map(|n| json!({"publish": {"channel": "bulk", "data": {"n": n}}})).collect();
+    let answer = server.api("batch", json!({"commands": commands, "parallel": true})).await;
+    let offsets: Vec<u64> =
+        answer["replies"].as_array().unwrap().iter().map(|r| r["publish"]["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, (1..=50).collect::<Vec<u64>>());
+    for n in 1..=50 {
+        assert_eq!(client.publication("bulk").await["data"]["n"], json!(n));
+    }
+}
