@@ -1,27 +1,58 @@
 //! The key list: supported keys with their documentation, Centrifugo keys Herald does not
 //! support yet, and `HERALD_*` environment variables.
 
-use crate::{Config, ConfigError};
+use crate::{embedded_defaults, Config, ConfigError};
 use serde_json::{Map, Value};
 
 /// One supported key, for `docs/configuration.md` and `herald check-config`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyDoc {
+    /// Full key path, like `client.ping_interval`.
     pub key: &'static str,
+    /// The value with `--config` (Centrifugo's default), as written in a file: `25s`, `128`,
+    /// `""`, `[]`, `true`; `(table)` for a section.
+    pub default: String,
+    /// The value in the embedded defaults (`herald serve` without `--config`).
+    pub embedded: String,
+    /// One line on what the key does.
     pub meaning: &'static str,
 }
 
-const fn doc(key: &'static str, meaning: &'static str) -> KeyDoc {
-    KeyDoc { key, meaning }
+/// Every supported key with its defaults. Namespace options are listed once, under
+/// `channel.without_namespace`; they apply the same way inside each `channel.namespaces[]` entry.
+pub fn all_keys() -> Vec<KeyDoc> {
+    let default = serde_json::to_value(Config::default()).unwrap_or(Value::Null);
+    let embedded = serde_json::to_value(embedded_defaults()).unwrap_or(Value::Null);
+    KEYS.iter()
+        .map(|&(key, meaning)| KeyDoc {
+            key,
+            default: shown(lookup(&default, key)),
+            embedded: shown(lookup(&embedded, key)),
+            meaning,
+        })
+        .collect()
 }
 
-/// Every supported key. Namespace options are listed once, under `channel.without_namespace`;
-/// they apply the same way inside each `channel.namespaces[]` entry.
-pub fn all_keys() -> &'static [KeyDoc] {
-    KEYS
+fn lookup<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(tree, |node, part| node.get(part))
 }
 
-const KEYS: &[KeyDoc] = &[
+/// A value as the documentation shows it.
+fn shown(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "(none)".to_owned(),
+        Some(Value::Object(_)) => "(table)".to_owned(),
+        Some(Value::String(s)) if s.is_empty() => "\"\"".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+const fn doc(key: &'static str, meaning: &'static str) -> (&'static str, &'static str) {
+    (key, meaning)
+}
+
+const KEYS: &[(&str, &str)] = &[
     doc("http_server.address", "address to bind"),
     doc("http_server.port", "port to bind; 0 picks a free one"),
     doc("client.insecure", "development mode: anyone connects, subscribes, publishes, reads history and presence"),
@@ -92,11 +123,11 @@ const KEYS: &[KeyDoc] = &[
     doc("channel.without_namespace.channel_regex", "channel names (after `ns:`) must match this regular expression"),
     doc(
         "channel.without_namespace.allow_tags_filter",
-        "let subscribers filter by publication tags (accepted; filters are a planned extension)",
+        "let subscribers pass a tag filter (`tf`) and receive only the publications whose tags match",
     ),
     doc(
         "channel.without_namespace.allowed_delta_types",
-        "delta types subscribers may ask for: `fossil`, `json-patch` (accepted; deltas are a planned extension)",
+        "delta types subscribers may ask for: `fossil`, `json-patch` (checked and accepted; Herald sends full publications)",
     ),
     doc("channel.without_namespace.require_ack", "Herald: live recipients must acknowledge every publication (`herald.ack`); unacknowledged ones are redelivered"),
     doc("channel.without_namespace.ack_timeout", "Herald: wait before the first redelivery; doubles with each retry, plus jitter"),
@@ -117,80 +148,116 @@ const KEYS: &[KeyDoc] = &[
 ];
 
 /// Centrifugo v6 sections and keys Herald does not support yet: loading removes them with a
-/// warning, so a Centrifugo configuration works as is.
-const UNSUPPORTED: &[&str] = &[
+/// warning, so a Centrifugo configuration works as is. A section (like `engine`) covers
+/// everything inside it. Taken from Centrifugo v6's configuration types (`internal/config`,
+/// `internal/configtypes`); a few v5 top-level names are kept so old files warn instead of failing.
+pub(crate) const UNSUPPORTED: &[&str] = &[
+    // Top-level sections.
     "engine",
-    "redis",
     "broker",
     "presence_manager",
-    "admin",
+    "map_broker",
+    "redis",
+    "rpc",
+    "proxies",
+    "unified_proxy",
     "grpc_api",
+    "consumers",
+    "sse",
+    "http_stream",
+    "webtransport",
     "uni_sse",
     "uni_http_stream",
     "uni_websocket",
     "uni_grpc",
-    "unified_proxy",
-    "proxies",
-    "consumers",
-    "tls",
-    "tls_autocert",
-    "tls_external",
-    "http3",
-    "sse",
-    "http_stream",
-    "webtransport",
     "emulation",
+    "admin",
+    "swagger",
+    "debug",
+    "dev",
+    "init",
     "opentelemetry",
     "graphite",
     "usage_stats",
     "node",
-    "debug",
-    "swagger",
+    "shared_poll",
     "pid_file",
-    "channel.proxy",
-    "channel.history_meta_ttl",
-    "client.proxy",
-    "client.subscribe_to_user_personal_channel",
-    "client.connect_include_server_time",
-    "client.concurrency",
-    "client.connection_rate_limit",
-    "client.user_id_http_header",
-    "client.connect_code_to_unidirectional_disconnect",
-    "client.subscription_token",
-    "client.token.jwks_public_endpoint",
-    "client.token.user_id_claim",
-    "client.token.issuer_regex",
-    "client.token.audience_regex",
-    "client.stale_close_delay",
-    "client.channel_position_check_delay",
-    "client.channel_position_max_time_lag",
-    "client.max_length",
-    "http_server.tls",
-    "http_server.tls_autocert",
+    "enable_unreleased_features",
+    // Centrifugo v5 top-level names.
+    "tls",
+    "tls_autocert",
+    "tls_external",
+    "http3",
+    // http_server.
     "http_server.internal_address",
     "http_server.internal_port",
+    "http_server.tls",
+    "http_server.tls_autocert",
+    "http_server.tls_external",
     "http_server.internal_tls",
+    "http_server.http3",
     "http_server.handler_prefix",
+    // log.
+    "log.file",
+    // client.
+    "client.proxy",
+    "client.subscription_token",
+    "client.token.jwks_public_endpoint",
+    "client.token.audience_regex",
+    "client.token.issuer_regex",
+    "client.token.user_id_claim",
+    "client.stale_close_delay",
+    "client.presence_update_interval",
+    "client.concurrency",
+    "client.channel_position_check_delay",
+    "client.channel_position_max_time_lag",
+    "client.connection_rate_limit",
+    "client.connect_include_server_time",
+    "client.insecure_skip_token_signature_verify",
+    "client.user_id_http_header",
+    "client.subscribe_to_user_personal_channel",
+    "client.connect_code_to_unidirectional_disconnect",
+    // channel.
+    "channel.proxy",
+    "channel.history_meta_ttl",
+    "channel.private_prefix",
+    "channel.namespace_boundary",
+    "channel.user_boundary",
+    "channel.user_separator",
+    "channel.publication_data_format",
+    // http_api.
+    "http_api.disabled",
     "http_api.handler_prefix",
     "http_api.error_mode",
     "http_api.external",
+    // websocket.
+    "websocket.disabled",
+    "websocket.handler_prefix",
     "websocket.compression",
     "websocket.compression_min_size",
     "websocket.compression_level",
     "websocket.read_buffer_size",
-    "websocket.write_buffer_size",
     "websocket.use_write_buffer_pool",
-    "websocket.handler_prefix",
-    "websocket.disabled",
-    "log.file",
-    "prometheus.instrument_http_handlers",
+    "websocket.write_buffer_size",
+    // prometheus, health, shutdown.
     "prometheus.handler_prefix",
+    "prometheus.instrument_http_handlers",
     "health.handler_prefix",
     "shutdown.termination_delay",
 ];
 
-/// Per-namespace Centrifugo options Herald does not support yet.
-const UNSUPPORTED_NAMESPACE: &[&str] = &[
+/// Per-namespace Centrifugo options (in `channel.without_namespace` and each
+/// `channel.namespaces[]` entry) Herald does not support yet.
+pub(crate) const UNSUPPORTED_NAMESPACE: &[&str] = &[
+    "force_recovery_mode",
+    "auto_cache_recovery",
+    "delta_publish",
+    "publication_data_format",
+    "subscription_type",
+    "map",
+    "shared_poll",
+    "map_clients_presence_channel_prefix",
+    "map_users_presence_channel_prefix",
     "subscribe_proxy_enabled",
     "subscribe_proxy_name",
     "publish_proxy_enabled",
@@ -199,16 +266,14 @@ const UNSUPPORTED_NAMESPACE: &[&str] = &[
     "sub_refresh_proxy_name",
     "subscribe_stream_proxy_enabled",
     "subscribe_stream_proxy_name",
-    "force_recovery_mode",
-    "delta_publish",
+    "subscribe_stream_proxy_bidirectional",
+    "subscribe_stream_bidirectional",
     "keep_latest_publication",
     "allow_channel_compaction",
     "batch_max_size",
     "batch_max_delay",
     "batch_flush_latest",
     "shared_position_sync",
-    "subscribe_cache_proxy_enabled",
-    "allow_subscribe_for_proxy",
 ];
 
 fn is_namespace_options(path: &str) -> bool {
@@ -352,9 +417,9 @@ pub fn explain(path: &str, reason: &str) -> (String, String) {
     };
     let documented_parent =
         if parent.starts_with("channel.namespaces[") { "channel.without_namespace".to_owned() } else { parent };
-    let suggestion = all_keys()
+    let suggestion = KEYS
         .iter()
-        .filter_map(|k| k.key.rsplit_once('.').filter(|(p, _)| *p == documented_parent).map(|(_, last)| last))
+        .filter_map(|(key, _)| key.rsplit_once('.').filter(|(p, _)| *p == documented_parent).map(|(_, last)| last))
         .chain(
             documented_parent
                 .is_empty()

@@ -296,6 +296,12 @@ impl Default for Health {
 }
 
 impl Config {
+    /// Checks the rules a loaded configuration must follow (the same checks `load` runs); for
+    /// callers that change a configuration after loading it, such as command-line flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate(self)
+    }
+
     /// Options of a namespace: `""` is the top level (`channel.without_namespace`); `None` for a
     /// namespace that is not configured.
     pub fn namespace_options(&self, namespace: &str) -> Option<&NamespaceOptions> {
@@ -308,8 +314,9 @@ impl Config {
 }
 
 /// What `herald serve` uses without a config file: Centrifugo's defaults, plus a top level that
-/// lets authenticated clients subscribe, see presence and join/leave, and recover the last 100
-/// publications of 5 minutes.
+/// lets authenticated clients subscribe, read history and presence, get join/leave pushes when
+/// they ask, and recover (or be positioned) within the last 100 publications of 5 minutes when
+/// they ask for it (`allow_recovery`, not `force_recovery`).
 pub fn embedded_defaults() -> Config {
     let mut config = Config::default();
     config.channel.without_namespace = NamespaceOptions {
@@ -317,7 +324,7 @@ pub fn embedded_defaults() -> Config {
         join_leave: true,
         history_size: 100,
         history_ttl: Duration::from_secs(300),
-        force_recovery: true,
+        force_recovery: false,
         allow_recovery: true,
         allow_positioning: true,
         allow_subscribe_for_client: true,
@@ -439,14 +446,46 @@ fn layer(
     let mut tree = serde_json::to_value(&defaults).map_err(|e| ConfigError::Parse(e.to_string()))?;
     merge(&mut tree, file);
     keys::apply_env(&mut tree, env, &mut warnings)?;
-    let config: Config = serde_path_to_error::deserialize(&tree).map_err(|error| {
-        let path = error.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let (key, reason) = keys::explain(&path, &error.inner().to_string());
-        invalid(if key.is_empty() { String::from("(top level)") } else { key }, reason)
-    })?;
+    check_namespaces(&tree)?;
+    let config: Config = serde_path_to_error::deserialize(&tree).map_err(|error| serde_error("", error))?;
     validate(&config)?;
     Ok(Loaded { config, warnings })
+}
+
+fn serde_error(prefix: &str, error: serde_path_to_error::Error<serde_json::Error>) -> ConfigError {
+    let inner = error.path().to_string();
+    let path = match (prefix.is_empty(), inner == ".") {
+        (true, true) => String::new(),
+        (true, false) => inner,
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{inner}"),
+    };
+    let (key, reason) = keys::explain(&path, &error.inner().to_string());
+    invalid(if key.is_empty() { String::from("(top level)") } else { key }, reason)
+}
+
+/// Namespace entries are checked one by one before the whole tree: with the flattened options,
+/// serde would otherwise name only `channel.namespaces[i]` and not the key inside it.
+fn check_namespaces(tree: &Value) -> Result<(), ConfigError> {
+    let Some(Value::Array(namespaces)) = tree.get("channel").and_then(|c| c.get("namespaces")) else {
+        return Ok(());
+    };
+    for (i, entry) in namespaces.iter().enumerate() {
+        let path = format!("channel.namespaces[{i}]");
+        let Value::Object(map) = entry else {
+            return Err(invalid(path, format!("must be a table/object with a `name`, not {entry}")));
+        };
+        match map.get("name") {
+            None => return Err(invalid(format!("{path}.name"), "missing; every namespace needs a name")),
+            Some(Value::String(_)) => {}
+            Some(other) => return Err(invalid(format!("{path}.name"), format!("must be a string, not {other}"))),
+        }
+        let mut options = map.clone();
+        options.remove("name");
+        serde_path_to_error::deserialize::<_, NamespaceOptions>(Value::Object(options))
+            .map_err(|error| serde_error(&path, error))?;
+    }
+    Ok(())
 }
 
 const DELTA_TYPES: &[&str] = &["fossil", "json-patch"];
@@ -459,8 +498,15 @@ fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), Conf
     if !options.history_ttl.is_zero() && options.history_size == 0 {
         return Err(invalid(format!("{path}.history_size"), "must be set when history_ttl is set"));
     }
+    if !options.history_meta_ttl.is_zero() && options.history_meta_ttl < options.history_ttl {
+        return Err(invalid(
+            format!("{path}.history_meta_ttl"),
+            "must not be shorter than history_ttl (or 0 to keep stream positions)",
+        ));
+    }
     for (flag, on) in [
         ("force_recovery", options.force_recovery),
+        ("allow_recovery", options.allow_recovery),
         ("force_positioning", options.force_positioning),
         ("allow_positioning", options.allow_positioning),
     ] {

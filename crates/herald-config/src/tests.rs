@@ -16,9 +16,35 @@ fn defaults_are_centrifugo_defaults() {
     assert_eq!(config.client.pong_timeout, Duration::from_secs(8));
     assert_eq!(config.client.channel_limit, 128);
     assert!(!config.channel.without_namespace.allow_subscribe_for_client);
+    assert_eq!(config, Config::default());
     let embedded = load_embedded(no_env()).unwrap().config;
-    assert!(embedded.channel.without_namespace.allow_subscribe_for_client);
-    assert_eq!(embedded.channel.without_namespace.history_size, 100);
+    assert_eq!(embedded, embedded_defaults());
+    let top = &embedded.channel.without_namespace;
+    assert!(top.allow_subscribe_for_client && top.allow_history_for_subscriber && top.allow_presence_for_subscriber);
+    assert!(top.presence && top.join_leave && top.allow_recovery && top.allow_positioning);
+    assert!(!top.force_recovery && !top.allow_publish_for_client);
+    assert_eq!((top.history_size, top.history_ttl), (100, Duration::from_secs(300)));
+    assert!(embedded.validate().is_ok());
+}
+
+#[test]
+fn environment_applies_to_the_embedded_defaults() {
+    let env = vec![
+        ("HERALD_HTTP_SERVER_PORT".to_owned(), "0".to_owned()),
+        ("HERALD_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE".to_owned(), "7".to_owned()),
+        ("HERALD_CHANNEL_WITHOUT_NAMESPACE_ALLOWED_DELTA_TYPES".to_owned(), "fossil".to_owned()),
+        ("PATH".to_owned(), "/usr/bin".to_owned()),
+    ];
+    let loaded = load_embedded(env).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.config.http_server.port, 0);
+    let top = &loaded.config.channel.without_namespace;
+    assert_eq!(top.history_size, 7);
+    assert_eq!(top.history_ttl, Duration::from_secs(300), "the rest of the embedded defaults stay");
+    assert_eq!(top.allowed_delta_types, vec!["fossil"]);
+    let bad = vec![("HERALD_CHANNEL_WITHOUT_NAMESPACE_HISTORY_TTL".to_owned(), "0".to_owned())];
+    let error = load_embedded(bad).unwrap_err().to_string();
+    assert!(error.contains("channel.without_namespace.history_ttl"), "{error}");
 }
 
 #[test]
@@ -161,14 +187,42 @@ fn files_by_extension() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const DOCS: &str = include_str!("../../../docs/configuration.md");
+
+/// The cells of the table row documenting `key`.
+fn doc_row(key: &str) -> Option<Vec<String>> {
+    let start = format!("| `{key}` |");
+    let line = DOCS.lines().find(|line| line.starts_with(&start))?;
+    Some(line.trim_matches('|').split(" | ").map(|cell| cell.trim().to_owned()).collect())
+}
+
 #[test]
-fn every_key_is_documented() {
-    let docs = include_str!("../../../docs/configuration.md");
+fn every_key_is_documented_with_its_defaults() {
     let mut leaves = Vec::new();
     keys_of(&serde_json::to_value(Config::default()).unwrap(), String::new(), &mut leaves);
-    for key in leaves {
-        assert!(all_keys().iter().any(|k| k.key == key), "{key} missing from all_keys()");
-        assert!(docs.contains(&format!("`{key}`")), "{key} missing from docs/configuration.md");
+    let keys = all_keys();
+    for key in &leaves {
+        assert!(keys.iter().any(|k| k.key == key), "{key} missing from all_keys()");
+    }
+    for doc in &keys {
+        let row = doc_row(doc.key).unwrap_or_else(|| panic!("{} has no row in docs/configuration.md", doc.key));
+        assert_eq!(row.len(), 4, "row of {}: {row:?}", doc.key);
+        let shown = |value: &str| if value.starts_with('(') { value.to_owned() } else { format!("`{value}`") };
+        assert_eq!(row[1], shown(&doc.default), "default of {} in docs/configuration.md", doc.key);
+        let embedded = if doc.embedded == doc.default { String::new() } else { shown(&doc.embedded) };
+        if doc.default != "(table)" {
+            assert_eq!(row[2], embedded, "embedded default of {} in docs/configuration.md", doc.key);
+        }
+    }
+    assert!(keys.iter().any(|k| k.key == "client.ping_interval" && k.default == "25s"));
+    assert!(keys.iter().any(|k| k.key == "channel.without_namespace.history_size" && k.embedded == "100"));
+}
+
+#[test]
+fn every_ignored_centrifugo_key_is_documented() {
+    let section = DOCS.split("## Centrifugo keys ignored with a warning").nth(1).expect("the section exists");
+    for key in keys::UNSUPPORTED.iter().chain(keys::UNSUPPORTED_NAMESPACE) {
+        assert!(section.contains(&format!("`{key}`")), "{key} missing from the ignored keys in the docs");
     }
 }
 
@@ -182,4 +236,170 @@ fn keys_of(value: &Value, path: String, out: &mut Vec<String>) {
             }
         }
     }
+}
+
+#[test]
+fn namespace_errors_name_the_key_inside_the_namespace() {
+    let cases = [
+        (
+            r#"[{"name": "ok"}, {"name": "ab", "history_size": "ten"}]"#,
+            "channel.namespaces[1].history_size",
+            "invalid type",
+        ),
+        (
+            r#"[{"name": "ab", "history_size": 1, "history_ttl": "5x"}]"#,
+            "channel.namespaces[0].history_ttl",
+            "invalid duration",
+        ),
+        (r#"[{"name": "ab", "presence": 1}]"#, "channel.namespaces[0].presence", "boolean"),
+        (r#"[{"presence": true}]"#, "channel.namespaces[0].name", "missing"),
+        (r#"[{"name": 5}]"#, "channel.namespaces[0].name", "string"),
+        (r#"["chat"]"#, "channel.namespaces[0]", "name"),
+        (r#"[{"name": "ab", "presense": true}]"#, "channel.namespaces[0].presense", "did you mean `presence`"),
+    ];
+    for (namespaces, key, reason) in cases {
+        let text = format!(r#"{{"channel": {{"namespaces": {namespaces}}}}}"#);
+        let error = error_of(&text, Format::Json);
+        assert!(error.starts_with(&format!("{key}: ")) && error.contains(reason), "{namespaces}: {error}");
+    }
+}
+
+#[test]
+fn recovery_and_positioning_need_history() {
+    for flag in ["force_recovery", "allow_recovery", "force_positioning", "allow_positioning"] {
+        let text = format!(r#"{{"channel": {{"namespaces": [{{"name": "ab", "{flag}": true}}]}}}}"#);
+        let error = error_of(&text, Format::Json);
+        assert!(error.contains(&format!("channel.namespaces[0].{flag}")) && error.contains("history"), "{error}");
+        let text = format!(
+            r#"{{"channel": {{"namespaces": [{{"name": "ab", "{flag}": true, "history_size": 5, "history_ttl": "1m"}}]}}}}"#
+        );
+        assert!(load_str(&text, Format::Json, no_env()).is_ok(), "{flag} with history");
+    }
+}
+
+#[test]
+fn history_meta_ttl_outlives_history_ttl() {
+    let text =
+        r#"{"channel": {"without_namespace": {"history_size": 5, "history_ttl": "10m", "history_meta_ttl": "5m"}}}"#;
+    assert!(error_of(text, Format::Json).contains("channel.without_namespace.history_meta_ttl"));
+    let text =
+        r#"{"channel": {"without_namespace": {"history_size": 5, "history_ttl": "10m", "history_meta_ttl": "720h"}}}"#;
+    let config = load_str(text, Format::Json, no_env()).unwrap().config;
+    assert_eq!(config.channel.without_namespace.history_meta_ttl, Duration::from_secs(720 * 3600));
+}
+
+#[test]
+fn validate_catches_changes_made_after_loading() {
+    let mut config = embedded_defaults();
+    assert!(config.validate().is_ok());
+    config.log.level = "loud".into();
+    assert!(config.validate().unwrap_err().to_string().starts_with("log.level: "));
+    let mut config = Config::default();
+    config.client.pong_timeout = Duration::ZERO;
+    assert!(config.validate().is_ok(), "a pong timeout of 0 disables the pong check");
+    config.client.ping_interval = Duration::ZERO;
+    assert!(config.validate().unwrap_err().to_string().starts_with("client.ping_interval: "));
+    let mut config = Config::default();
+    config.http_server.port = 0;
+    assert!(config.validate().is_ok(), "port 0 picks a free port");
+}
+
+#[test]
+fn durations_serialize_as_strings_that_load_back() {
+    let text = r#"{"client": {"ping_interval": "1m30s", "pong_timeout": "300ms"}, "shutdown": {"timeout": 0}}"#;
+    let config = load_str(text, Format::Json, no_env()).unwrap().config;
+    let value = serde_json::to_value(&config).unwrap();
+    assert_eq!(value["client"]["ping_interval"], "1m30s");
+    assert_eq!(value["client"]["pong_timeout"], "300ms");
+    assert_eq!(value["shutdown"]["timeout"], "0s");
+    let again = load_str(&value.to_string(), Format::Json, no_env()).unwrap().config;
+    assert_eq!(again, config);
+}
+
+#[test]
+fn centrifugo_yaml_and_toml_configs_load_with_warnings() {
+    let yaml = r#"
+http_server:
+  port: 8000
+  internal_port: "9000"
+log:
+  level: debug
+client:
+  token:
+    hmac_secret_key: secret
+    jwks_public_endpoint: https://example.com/jwks
+  allowed_origins: ["https://*.example.com"]
+  ping_interval: 25s
+  pong_timeout: 8s
+engine:
+  type: redis
+  redis:
+    address: redis://localhost:6379
+channel:
+  history_meta_ttl: 720h
+  without_namespace:
+    allow_subscribe_for_client: true
+    force_recovery_mode: cache
+  namespaces:
+    - name: news
+      history_size: 10
+      history_ttl: 300s
+      allow_recovery: true
+      allowed_delta_types: ["fossil"]
+      delta_publish: true
+prometheus:
+  enabled: true
+  instrument_http_handlers: true
+"#;
+    let loaded = load_str(yaml, Format::Yaml, no_env()).unwrap();
+    assert_eq!(loaded.config.client.allowed_origins, vec!["https://*.example.com"]);
+    assert_eq!(loaded.config.log.level, "debug");
+    assert!(loaded.config.namespace_options("news").unwrap().allow_recovery);
+    let warnings = loaded.warnings.join("\n");
+    for key in [
+        "http_server.internal_port",
+        "client.token.jwks_public_endpoint",
+        "engine",
+        "channel.history_meta_ttl",
+        "channel.without_namespace.force_recovery_mode",
+        "channel.namespaces[0].delta_publish",
+        "prometheus.instrument_http_handlers",
+    ] {
+        assert!(warnings.contains(&format!("`{key}`")), "no warning for {key}: {warnings}");
+    }
+    assert_eq!(loaded.warnings.len(), 7, "{warnings}");
+
+    let toml = r#"
+[client.token]
+hmac_secret_key = "secret"
+
+[http_api]
+key = "api-key"
+
+[[consumers]]
+name = "outbox"
+type = "postgresql"
+
+[[channel.namespaces]]
+name = "chat"
+presence = true
+subscribe_proxy_enabled = true
+"#;
+    let loaded = load_str(toml, Format::Toml, no_env()).unwrap();
+    assert_eq!(loaded.config.http_api.key, "api-key");
+    assert!(loaded.config.namespace_options("chat").unwrap().presence);
+    assert!(loaded.config.namespace_options("nope").is_none());
+    assert!(std::ptr::eq(loaded.config.namespace_options("").unwrap(), &loaded.config.channel.without_namespace));
+    let warnings = loaded.warnings.join("\n");
+    assert!(warnings.contains("`consumers`") && warnings.contains("`channel.namespaces[0].subscribe_proxy_enabled`"));
+}
+
+#[test]
+fn the_documented_example_loads() {
+    let example = DOCS.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a TOML example");
+    let loaded = load_str(example, Format::Toml, no_env()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let orders = loaded.config.namespace_options("orders").expect("the example's second namespace");
+    assert!(orders.require_ack && orders.allow_recovery);
+    assert_eq!(loaded.config.log.format, "json");
 }
