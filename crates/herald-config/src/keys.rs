@@ -145,6 +145,7 @@ const KEYS: &[(&str, &str)] = &[
     doc("storage.data_dir", "directory of the embedded store (`herald serve --data-dir`)"),
     doc("storage.fsync", "`always`: a publish is answered once durable; `interval`: flushed every fsync_interval (a crash may lose that window)"),
     doc("storage.fsync_interval", "flush period with fsync = interval"),
+    doc("delivery.expired_channel", "channel that receives an event for every expired acknowledged delivery; empty: none"),
 ];
 
 /// Centrifugo v6 sections and keys Herald does not support yet: loading removes them with a

@@ -30,6 +30,16 @@ pub struct Config {
     pub prometheus: Prometheus,
     pub health: Health,
     pub storage: Storage,
+    pub delivery: Delivery,
+}
+
+/// Acknowledged delivery (Herald's own section).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Delivery {
+    /// Every expired acknowledged delivery is published here (`{channel, offset, user, client,
+    /// state, retries}`) for operators to subscribe to; empty: not published.
+    pub expired_channel: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -578,6 +588,9 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     if config.storage.engine == "redb" && config.storage.data_dir.is_empty() {
         return Err(invalid("storage.data_dir", "must name a directory"));
+    }
+    if !config.delivery.expired_channel.is_empty() && config.delivery.expired_channel.chars().any(char::is_whitespace) {
+        return Err(invalid("delivery.expired_channel", "a channel name has no whitespace"));
     }
     validate_namespace("channel.without_namespace", &config.channel.without_namespace)?;
     let name_rule =

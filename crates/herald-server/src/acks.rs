@@ -69,6 +69,15 @@ struct State {
     order: std::collections::VecDeque<(String, u64)>,
 }
 
+/// A delivery that ran out of retries; also published to `delivery.expired_channel`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expired {
+    pub channel: String,
+    pub offset: u64,
+    #[serde(flatten)]
+    pub recipient: Recipient,
+}
+
 /// What `delivery_status` answers.
 #[derive(Debug, Default, Serialize)]
 pub struct DeliveryStatus {
@@ -163,10 +172,11 @@ impl AckTracker {
         confirmed
     }
 
-    /// Retries what is due and expires what ran out of retries. Returns when to call again.
-    pub fn tick(&self) -> Option<Instant> {
+    /// Retries what is due and expires what ran out of retries. Returns when to call again and
+    /// what expired.
+    pub fn tick(&self) -> (Option<Instant>, Vec<Expired>) {
         let now = Instant::now();
-        let mut expired: Vec<(String, u64, Recipient)> = Vec::new();
+        let mut expired: Vec<Expired> = Vec::new();
         let next = {
             let mut state = self.state.lock();
             while state.due.peek().is_some_and(|Reverse(d)| d.at <= now) {
@@ -182,7 +192,11 @@ impl AckTracker {
                 }
                 if delivery.recipient.retries >= max_retries {
                     delivery.recipient.state = AckState::Expired;
-                    expired.push((due.channel.clone(), due.offset, delivery.recipient.clone()));
+                    expired.push(Expired {
+                        channel: due.channel.clone(),
+                        offset: due.offset,
+                        recipient: delivery.recipient.clone(),
+                    });
                     continue;
                 }
                 delivery.recipient.retries += 1;
@@ -200,7 +214,7 @@ impl AckTracker {
         if !expired.is_empty() {
             metrics::ack_pending(-(expired.len() as f64));
             let handler = self.on_expired.lock().clone();
-            for (channel, offset, recipient) in &expired {
+            for Expired { channel, offset, recipient } in &expired {
                 metrics::ack_expired();
                 tracing::warn!(%channel, offset, user = %recipient.user, client = %recipient.client, retries = recipient.retries, "acknowledged delivery expired");
                 if let Some(handler) = &handler {
@@ -208,7 +222,7 @@ impl AckTracker {
                 }
             }
         }
-        next
+        (next, expired)
     }
 
     pub fn status(&self, channel: &str, offset: u64) -> Option<DeliveryStatus> {

@@ -209,7 +209,6 @@ impl NodeBuilder {
         let stats = Arc::new(Stats::default());
         let acks = Arc::new(AckTracker::default());
         broker.register_handler(Arc::new(HubDelivery { hub: hub.clone(), stats: stats.clone(), acks: acks.clone() }));
-        spawn_ack_ticker(&acks);
         let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
         let id = uuid::Uuid::new_v4().to_string();
         let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
@@ -232,25 +231,42 @@ impl NodeBuilder {
                 acks,
                 channel_regexes,
             }),
-        })
+        }
+        .with_ack_ticker())
     }
 }
 
-/// Retries and expires acknowledged deliveries while the node lives (when built inside a tokio
-/// runtime; a node built elsewhere does no redelivery).
-fn spawn_ack_ticker(acks: &Arc<AckTracker>) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-    let acks = Arc::downgrade(acks);
-    runtime.spawn(async move {
-        let idle = Duration::from_millis(100);
-        loop {
-            let Some(tracker) = acks.upgrade() else { return };
-            let next = tracker.tick();
-            drop(tracker);
-            let wait = next.map_or(idle, |at| at.saturating_duration_since(Instant::now()).min(idle));
-            tokio::time::sleep(wait).await;
-        }
-    });
+impl Node {
+    /// Retries and expires acknowledged deliveries while the node lives (when built inside a
+    /// tokio runtime; a node built elsewhere does no redelivery), and publishes each expiry to
+    /// `delivery.expired_channel` when one is configured.
+    fn with_ack_ticker(self) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return self };
+        let node = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let idle = Duration::from_millis(100);
+            loop {
+                let Some(inner) = node.upgrade() else { return };
+                let (next, expired) = inner.acks.tick();
+                let channel = &inner.config.delivery.expired_channel;
+                if !channel.is_empty() {
+                    for event in &expired {
+                        let published = match Publish::json(channel.clone(), event) {
+                            Ok(publish) => inner.publish(publish, "node").await,
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = published {
+                            tracing::error!(%channel, %error, "cannot publish an ack expiry event");
+                        }
+                    }
+                }
+                drop(inner);
+                let wait = next.map_or(idle, |at| at.saturating_duration_since(Instant::now()).min(idle));
+                tokio::time::sleep(wait).await;
+            }
+        });
+        self
+    }
 }
 
 fn engine_error(error: EngineError) -> ProtocolError {

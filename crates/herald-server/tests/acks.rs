@@ -12,6 +12,8 @@ fn ack_config() -> herald_config::Config {
     options.ack_timeout = Duration::from_millis(100);
     options.ack_max_retries = 3;
     config.channel.namespaces.push(herald_config::Namespace { name: "rooms".into(), options });
+    config.channel.namespaces.push(herald_config::Namespace { name: "ops".into(), options: open_namespace() });
+    config.delivery.expired_channel = "ops:ack-expired".into();
     config
 }
 
@@ -24,6 +26,8 @@ async fn unacknowledged_publications_are_retried_with_growing_intervals_then_exp
     });
     let mut ignoring = server.connected(&token("ignorer", None, &[])).await;
     let mut acking = server.connected(&token("acker", None, &[])).await;
+    let mut operator = server.connected(&token("operator", None, &[])).await;
+    operator.call(json!({"subscribe": {"channel": "ops:ack-expired"}})).await;
     for client in [&mut ignoring, &mut acking] {
         client.call(json!({"subscribe": {"channel": "rooms:1"}})).await;
     }
@@ -50,6 +54,11 @@ async fn unacknowledged_publications_are_retried_with_growing_intervals_then_exp
     // Then it expires: the operators' hook hears it, and the audit says so.
     let expired = tokio::time::timeout(WAIT, expired_rx.recv()).await.expect("expiry in time").expect("expiry");
     assert_eq!(expired, ("rooms:1".to_owned(), offset, "ignorer".to_owned()));
+    let event = operator.publication("ops:ack-expired").await;
+    assert_eq!(event["data"]["channel"], json!("rooms:1"));
+    assert_eq!(event["data"]["offset"], json!(offset));
+    assert_eq!(event["data"]["user"], json!("ignorer"));
+    assert_eq!(event["data"]["state"], json!("expired"));
     let status = server.api("delivery_status", json!({"channel": "rooms:1", "offset": offset})).await;
     let result = &status["result"];
     assert_eq!(result["expired"][0]["user"], json!("ignorer"));
