@@ -35,6 +35,10 @@ const CURSORS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("curs
 const MAX_BATCH: usize = 4096;
 /// How often expired publications and idempotency keys are removed from the file, by default.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Most expired publications one sweep removes, so a sweep never holds up commits for long.
+const SWEEP_LIMIT: usize = 10_000;
+/// When a sweep hit its limit, the next one comes this soon.
+const SWEEP_AGAIN: Duration = Duration::from_millis(100);
 
 /// When commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,8 @@ pub struct Recovered {
     pub publications: usize,
     /// The file was unreadable and was moved aside: every stream starts a new epoch.
     pub moved_aside: Option<PathBuf>,
+    /// Streams with a damaged record: they start a new epoch (clients learn `recovered: false`).
+    pub damaged_streams: usize,
 }
 
 pub struct DurableBroker {
@@ -182,15 +188,30 @@ fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
     for entry in streams.iter().map_err(|e| e.to_string())? {
         let (channel, value) = entry.map_err(|e| e.to_string())?;
         let channel = channel.value().to_owned();
-        let stream: StreamRecord =
-            serde_json::from_slice(value.value()).map_err(|e| format!("stream {channel}: {e}"))?;
+        // A damaged record never becomes wrong data: the stream keeps counting but under a new
+        // epoch, so clients are told `recovered: false` and resynchronize.
+        let stream: StreamRecord = match serde_json::from_slice(value.value()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::error!(%channel, %error, "damaged stream record; the stream starts a new epoch");
+                recovered.damaged_streams += 1;
+                continue;
+            }
+        };
         let mut retained = Vec::new();
+        let mut damaged = false;
         for entry in
             publications.range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX)).map_err(|e| e.to_string())?
         {
             let (_, value) = entry.map_err(|e| e.to_string())?;
-            let stored: StoredPublication =
-                serde_json::from_slice(value.value()).map_err(|e| format!("publication of {channel}: {e}"))?;
+            let stored: StoredPublication = match serde_json::from_slice(value.value()) {
+                Ok(stored) => stored,
+                Err(error) => {
+                    tracing::error!(%channel, %error, "damaged publication record; the stream starts a new epoch");
+                    damaged = true;
+                    break;
+                }
+            };
             if stored.expires_ms <= now_ms {
                 continue;
             }
@@ -198,6 +219,11 @@ fn load(db: &Database, memory: &MemoryBroker) -> Result<Recovered, String> {
             retained.push((expires, Arc::new(stored.into_publication())));
         }
         recovered.streams += 1;
+        if damaged {
+            recovered.damaged_streams += 1;
+            memory.restore(&channel, herald_server::engine::memory::new_epoch(), stream.top, Vec::new());
+            continue;
+        }
         recovered.publications += retained.len();
         memory.restore(&channel, stream.epoch, stream.top, retained);
     }
@@ -267,10 +293,16 @@ fn write_loop(
         let outcome = commit(&db, &batch, sweep, durable);
         if sweep {
             last_sweep = Instant::now();
+            // More expired than one sweep takes: come back soon rather than stall one commit.
+            if let Ok(true) = outcome {
+                let sooner = sweep_every.saturating_sub(SWEEP_AGAIN);
+                last_sweep = last_sweep.checked_sub(sooner).unwrap_or(last_sweep);
+            }
             if outcome.is_ok() {
                 sweeps.fetch_add(1, std::sync::atomic::Ordering::Release);
             }
         }
+        let outcome = outcome.map(|_| ());
         if durable {
             last_flush = Instant::now();
             unflushed = false;
@@ -285,7 +317,10 @@ fn write_loop(
     }
 }
 
-fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Result<(), String> {
+/// Writes a batch (and, with `sweep`, removes up to [`SWEEP_LIMIT`] expired publications). Returns
+/// whether expired publications remain for another sweep.
+fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Result<bool, String> {
+    let mut more_expired = false;
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(|e| e.to_string())?;
     {
@@ -346,7 +381,12 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
                 .map_err(|e| e.to_string())?
                 .filter_map(|entry| entry.ok().map(|(channel, _)| channel.value().to_owned()))
                 .collect();
+            let mut budget = SWEEP_LIMIT;
             for channel in &channels {
+                if budget == 0 {
+                    more_expired = true;
+                    break;
+                }
                 let mut expired_up_to = None;
                 for entry in publications
                     .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
@@ -358,6 +398,11 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
                     if live {
                         break;
                     }
+                    if budget == 0 {
+                        more_expired = true;
+                        break;
+                    }
+                    budget -= 1;
                     expired_up_to = Some(key.value().1);
                 }
                 if let Some(last) = expired_up_to {
@@ -373,7 +418,8 @@ fn commit(db: &Database, batch: &[WriteItem], sweep: bool, durable: bool) -> Res
                 .map_err(|e| e.to_string())?;
         }
     }
-    txn.commit().map_err(|e| e.to_string())
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(more_expired)
 }
 
 fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBroker) {

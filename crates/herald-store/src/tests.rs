@@ -194,3 +194,43 @@ async fn the_sweep_removes_expired_publications_from_the_file() {
     assert_eq!(keys, vec![("long".to_owned(), 1), ("long".to_owned(), 2)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_damaged_record_gives_its_stream_a_new_epoch_and_the_server_starts() {
+    let dir = temp_dir("damaged");
+    let epoch = {
+        let (broker, _) = open(&dir, Fsync::Always);
+        for n in 1..=3 {
+            broker.publish("c", publication(n), &kept(10)).await.unwrap();
+        }
+        broker.publish("ok", publication(1), &kept(10)).await.unwrap().position.epoch
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Damage one publication record of channel c directly in the file.
+    loop {
+        match Database::create(dir.join("herald.redb")) {
+            Ok(db) => {
+                let txn = db.begin_write().unwrap();
+                txn.open_table(PUBLICATIONS).unwrap().insert(("c", 2), b"{not json".as_slice()).unwrap();
+                txn.commit().unwrap();
+                break;
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "store never closed");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    let (broker, _) = open(&dir, Fsync::Always);
+    assert_eq!(broker.recovered().damaged_streams, 1);
+    let damaged = broker.history("c", &HistoryFilter::default()).await.unwrap();
+    assert!(damaged.publications.is_empty(), "nothing doubtful is served");
+    assert_eq!(damaged.position.offset, 3, "offsets keep counting");
+    let recover =
+        HistoryFilter { since: Some(StreamPosition { offset: 1, epoch: "old".into() }), ..Default::default() };
+    assert!(!broker.history("c", &recover).await.unwrap().since_available);
+    let intact = broker.history("ok", &HistoryFilter::default()).await.unwrap();
+    assert_eq!(intact.position.epoch, epoch, "other streams keep their epoch");
+    assert_eq!(intact.publications.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use crate::shard::{shard_of, SHARDS};
 
-pub(crate) fn new_epoch() -> String {
+/// A fresh random epoch: a stream whose history was lost gets one, so old offsets mean nothing.
+pub fn new_epoch() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 8)
 }
 
