@@ -1,0 +1,291 @@
+//! One subscriber: connects, subscribes, announces readiness, then counts publications (unique,
+//! duplicate, out of order) and records publish-to-receive latency until told to stop.
+
+use crate::fanout::{now_ns, ws_config, Shared};
+use crate::nats;
+use crate::Target;
+use anyhow::{bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Highest latency the histograms track (microseconds); larger values count as this.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// One subscriber's own counts, merged at the end so that recording costs no shared lock.
+pub struct Local {
+    /// First deliveries of a publication (what "received" means in the report).
+    pub unique: u64,
+    /// Publications delivered more than once to this subscriber.
+    pub duplicates: u64,
+    /// Deliveries whose sequence number is lower than one already received.
+    pub out_of_order: u64,
+    /// Pushes without a readable sequence number and timestamp, or with one never published.
+    pub unexpected: u64,
+    max_seq: u64,
+    seen: Vec<u64>,
+    pub latency: Histogram<u64>,
+    pub first_at: Option<Instant>,
+    pub last_at: Option<Instant>,
+    /// From the start of the run until this subscriber's subscription was confirmed.
+    pub ready_after: Option<Duration>,
+    pub error: Option<String>,
+}
+
+impl Local {
+    pub fn new(messages: u64) -> Result<Self> {
+        Ok(Self {
+            unique: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            unexpected: 0,
+            max_seq: 0,
+            seen: vec![0; (messages as usize).div_ceil(64) + 1],
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            first_at: None,
+            last_at: None,
+            ready_after: None,
+            error: None,
+        })
+    }
+
+    /// Records one delivered payload, given the text the sequence number and timestamp are in.
+    fn record(&mut self, text: &str, patterns: &Patterns, shared: &Shared) {
+        let received_ns = now_ns();
+        let (Some(seq), Some(sent_ns)) = (number_after(text, patterns.seq), number_after(text, patterns.ts)) else {
+            self.unexpected += 1;
+            return;
+        };
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if seq == 0 || word >= self.seen.len() {
+            self.unexpected += 1;
+            return;
+        }
+        if self.seen[word] & bit != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= bit;
+        if seq < self.max_seq {
+            self.out_of_order += 1;
+        }
+        self.max_seq = self.max_seq.max(seq);
+        self.unique += 1;
+        self.latency.saturating_record((received_ns.saturating_sub(sent_ns) / 1000).max(1));
+        let now = Instant::now();
+        self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
+        shared.progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the sequence number and timestamp look inside a delivery: plain JSON for Herald and
+/// NATS, a JSON string inside the Socket.IO event array (escaped quotes) for Socket.IO.
+pub struct Patterns {
+    seq: &'static str,
+    ts: &'static str,
+}
+
+pub const PLAIN: Patterns = Patterns { seq: "\"seq\":", ts: "\"ts\":" };
+pub const ESCAPED: Patterns = Patterns { seq: "\\\"seq\\\":", ts: "\\\"ts\\\":" };
+
+/// The unsigned number right after the first `pattern` in `text` (no JSON parse: cheap and the
+/// same cost for every target).
+pub fn number_after(text: &str, pattern: &str) -> Option<u64> {
+    let at = text.find(pattern)? + pattern.len();
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok()
+}
+
+pub fn url(target: Target, addr: &str, channel: &str) -> String {
+    match target {
+        Target::Herald => format!("ws://{addr}/connection/websocket"),
+        Target::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&room={channel}"),
+        Target::Nats => format!("ws://{addr}"),
+    }
+}
+
+/// Runs one subscriber until `stop` or `deadline`; `ready` gets `true` once its subscription is
+/// confirmed, or `false` if it failed before that.
+pub async fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    connect_slots: Arc<Semaphore>,
+    ready: mpsc::Sender<bool>,
+    stop: watch::Receiver<bool>,
+    deadline: Instant,
+) -> Local {
+    let mut local = match Local::new(shared.args.messages) {
+        Ok(local) => local,
+        Err(error) => {
+            let _ = ready.send(false).await;
+            let mut local = Local::new(0).expect("histogram bounds are valid");
+            local.error = Some(error.to_string());
+            return local;
+        }
+    };
+    let mut announced = false;
+    if let Err(error) =
+        session(index, &shared, &connect_slots, &ready, stop, deadline, &mut local, &mut announced).await
+    {
+        local.error = Some(format!("{error:#}"));
+        if !announced {
+            let _ = ready.send(false).await;
+        }
+    }
+    local
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    index: usize,
+    shared: &Shared,
+    connect_slots: &Semaphore,
+    ready: &mpsc::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+    deadline: Instant,
+    local: &mut Local,
+    announced: &mut bool,
+) -> Result<()> {
+    let args = &shared.args;
+    let mut permit = Some(
+        tokio::time::timeout_at(deadline.into(), connect_slots.acquire())
+            .await
+            .context("timed out waiting for a connection slot")??,
+    );
+    let url = url(args.target, &shared.addr, &args.channel);
+    let connect = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true);
+    let (mut socket, _) = tokio::time::timeout_at(deadline.into(), connect)
+        .await
+        .context("timed out connecting")?
+        .with_context(|| format!("connect {url}"))?;
+    match args.target {
+        Target::Herald => {
+            let subscribe = if args.filters > 0 {
+                let group = format!("g{}", index % args.filters);
+                let filters = json!([{"key": "group", "cmp": "eq", "val": group}]);
+                json!({"id": 2, "subscribe": {"channel": args.channel, "data": {"herald": {"filters": filters}}}})
+            } else {
+                json!({"id": 2, "subscribe": {"channel": args.channel}})
+            };
+            let frame = format!("{}\n{subscribe}", json!({"id": 1, "connect": {"token": args.token}}));
+            socket.send(Message::Text(frame.into())).await?;
+        }
+        // The server sends the engine.io open packet first; the room is joined from the URL.
+        Target::Socketio => {}
+        // PONG comes back after the server processed SUB: that is the subscription's confirmation.
+        Target::Nats => {
+            let frame =
+                format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\nPING\r\n", args.channel);
+            socket.send(Message::Text(frame.into())).await?;
+        }
+    }
+    let mut nats_reader = nats::Reader::default();
+    let mut announce = |local: &mut Local, announced: &mut bool| {
+        *announced = true;
+        local.ready_after = Some(shared.started.elapsed());
+        permit.take();
+        ready.try_send(true).is_ok()
+    };
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep_until(deadline.into()) => break,
+            message = socket.next() => message,
+        };
+        let Some(message) = message else { bail!("connection closed by the server") };
+        let (text, bytes) = match message? {
+            Message::Text(text) => (Some(text), None),
+            Message::Binary(bytes) => (None, Some(bytes)),
+            Message::Close(frame) => bail!("closed by the server: {frame:?}"),
+            _ => continue,
+        };
+        match args.target {
+            Target::Herald => {
+                let text = text.context("binary frame from a JSON server")?;
+                for line in text.as_str().split('\n') {
+                    if line.starts_with("{\"push\"") {
+                        if line.contains("\"pub\"") {
+                            local.record(line, &PLAIN, shared);
+                        }
+                    } else if line == "{}" {
+                        socket.send(Message::Text("{}".into())).await?;
+                    } else if !line.is_empty() {
+                        let reply: Value = serde_json::from_str(line).with_context(|| format!("bad frame {line}"))?;
+                        if let Some(error) = reply.get("error") {
+                            bail!("command {} refused: {error}", reply["id"]);
+                        }
+                        if reply["id"] == 2 && !*announced {
+                            announce(local, announced);
+                        }
+                    }
+                }
+            }
+            Target::Socketio => {
+                let text = text.context("binary frame from engine.io")?;
+                let text = text.as_str();
+                if text.starts_with("42") {
+                    local.record(text, &ESCAPED, shared);
+                } else if text == "2" {
+                    socket.send(Message::Text("3".into())).await?;
+                } else if text.starts_with('0') {
+                    socket.send(Message::Text("40".into())).await?;
+                } else if text.starts_with("40") {
+                    if !*announced {
+                        announce(local, announced);
+                    }
+                } else if text.starts_with("41") || text.starts_with("44") || text == "1" {
+                    bail!("disconnected by the server: {text}");
+                }
+            }
+            Target::Nats => {
+                let data: &[u8] = match (&text, &bytes) {
+                    (Some(text), _) => text.as_bytes(),
+                    (_, Some(bytes)) => bytes,
+                    _ => continue,
+                };
+                let (mut pings, mut pong, mut error) = (0, false, None);
+                nats_reader.feed(data, |event| match event {
+                    nats::Event::Msg(payload) => local.record(&String::from_utf8_lossy(payload), &PLAIN, shared),
+                    nats::Event::Ping => pings += 1,
+                    nats::Event::Pong => pong = true,
+                    nats::Event::Err(message) => error = Some(message.to_owned()),
+                })?;
+                if let Some(error) = error {
+                    bail!("NATS error: {error}");
+                }
+                for _ in 0..pings {
+                    socket.send(Message::Text("PONG\r\n".into())).await?;
+                }
+                if pong && !*announced {
+                    announce(local, announced);
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{number_after, ESCAPED, PLAIN};
+
+    #[test]
+    fn finds_numbers_in_any_wrapping() {
+        let herald = r#"{"push":{"channel":"b","pub":{"data":{"seq":7,"ts":12345,"pad":"x"},"offset":7}}}"#;
+        assert_eq!(number_after(herald, PLAIN.ts), Some(12345));
+        assert_eq!(number_after(herald, PLAIN.seq), Some(7));
+        let socketio = r#"42["msg","{\"seq\":3,\"ts\":77,\"pad\":\"\"}"]"#;
+        assert_eq!(number_after(socketio, ESCAPED.seq), Some(3));
+        assert_eq!(number_after(socketio, ESCAPED.ts), Some(77));
+        assert_eq!(number_after("no timestamp", PLAIN.ts), None);
+        assert_eq!(number_after(r#"{"ts":}"#, PLAIN.ts), None);
+    }
+}
