@@ -220,7 +220,7 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
         "connect_p50_ms": ms(connect.value_at_quantile(0.5)),
         "connect_p99_ms": ms(connect.value_at_quantile(0.99)),
         "filters": args.filters,
-        "server_cpu_seconds": server_cpu,
+        "server_cpu_seconds": server_cpu.map(|cpu| (cpu * 100.0).round() / 100.0),
         "server_cpu_us_per_publication": server_cpu.map(|cpu| (cpu * 1e6 / published.accepted.max(1) as f64).round()),
         "latency_ms": {
             "p50": ms(latency.value_at_quantile(0.50)),
@@ -303,6 +303,9 @@ fn print_summary(report: &Value) {
         report["duplicates"],
         report["out_of_order"]
     );
+    if report["publish_over"] == "http" && report["rate"] != 0 && report["out_of_order"] != 0 {
+        println!("               (out of order by sequence number: concurrent HTTP publishes may reach the server in another order)");
+    }
     println!("  throughput:  {:.0} deliveries/s over {} ms", num(&report["deliveries_per_sec"]), report["window_ms"]);
     println!(
         "  latency:     p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",

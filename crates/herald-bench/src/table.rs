@@ -44,11 +44,11 @@ fn render(rows: &[Value], baseline: Option<&str>, pending: &[String]) -> String 
     let p = |row: &Value, q: &str| row["latency_ms"][q].as_f64().unwrap_or(f64::NAN);
     let base_name = base.map_or("herald".to_owned(), |row| label(row).to_owned());
     let mut out = format!(
-        "| target | deliveries/s | missing | p50 ms | p90 ms | p99 ms | max ms | connect ms | deliveries/s vs {base_name} | p99 vs {base_name} |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| target | deliveries/s | missing | p50 ms | p90 ms | p99 ms | max ms | connect ms | server CPU µs/pub | deliveries/s vs {base_name} | p99 vs {base_name} |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for name in pending {
-        out.push_str(&format!("| {name} | pending | | | | | | | | |\n"));
+        out.push_str(&format!("| {name} | pending | | | | | | | | | |\n"));
     }
     for row in rows {
         let ratio = |value: f64, base_value: Option<f64>| match base_value {
@@ -57,7 +57,7 @@ fn render(rows: &[Value], baseline: Option<&str>, pending: &[String]) -> String 
         };
         let status = row["status"].as_str().filter(|s| *s != "ok").map(|s| format!(" ({s})")).unwrap_or_default();
         out.push_str(&format!(
-            "| {}{status} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {}{status} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             label(row),
             thousands(num(row, "deliveries_per_sec")),
             row["missing"],
@@ -66,6 +66,7 @@ fn render(rows: &[Value], baseline: Option<&str>, pending: &[String]) -> String 
             p(row, "p99"),
             p(row, "max"),
             row["connect_ms"],
+            row["server_cpu_us_per_publication"].as_f64().map_or("n/a".to_owned(), thousands),
             ratio(num(row, "deliveries_per_sec"), base.map(|b| num(b, "deliveries_per_sec"))),
             ratio(p(row, "p99"), base.map(|b| p(b, "p99"))),
         ));
@@ -98,12 +99,14 @@ mod tests {
         let lat = |p99: f64| json!({"p50": 1.0, "p90": 2.0, "p99": p99, "max": 9.0});
         let rows = [
             json!({"label": "herald", "deliveries_per_sec": 200000.0, "missing": 0, "latency_ms": lat(10.0), "connect_ms": 5, "status": "ok"}),
-            json!({"label": "nats", "deliveries_per_sec": 100000.0, "missing": 3, "latency_ms": lat(20.0), "connect_ms": 7, "status": "3 deliveries missing (idle)"}),
+            json!({"label": "nats", "deliveries_per_sec": 100000.0, "missing": 3, "latency_ms": lat(20.0), "connect_ms": 7, "server_cpu_us_per_publication": 1500.0, "status": "3 deliveries missing (idle)"}),
         ];
         let table = render(&rows, None, &[]);
-        assert!(table.contains("| herald | 200,000 | 0 | 1 | 2 | 10 | 9 | 5 | 1.00 | 1.00 |"), "{table}");
+        assert!(table.contains("| herald | 200,000 | 0 | 1 | 2 | 10 | 9 | 5 | n/a | 1.00 | 1.00 |"), "{table}");
         assert!(
-            table.contains("| nats (3 deliveries missing (idle)) | 100,000 | 3 | 1 | 2 | 20 | 9 | 7 | 0.50 | 2.00 |"),
+            table.contains(
+                "| nats (3 deliveries missing (idle)) | 100,000 | 3 | 1 | 2 | 20 | 9 | 7 | 1,500 | 0.50 | 2.00 |"
+            ),
             "{table}"
         );
         let pending = render(&rows[1..], None, &["herald".to_owned()]);
