@@ -59,14 +59,16 @@ export function deadline(promise, ms, what) {
 }
 
 /**
- * Starts `herald serve --port 0` with `config` written to a temp file (or `--dev` when
- * `options.dev`), waits for the "listening on" line, and returns a handle whose `stop()`
+ * Starts `herald serve --port 0` with `config` written to a temp file (none when null;
+ * `--dev` when `options.dev`) and its store in that temp dir, waits for the "listening on" line, and returns a handle whose `stop()`
  * sends SIGTERM and waits for exit (SIGKILL after 5 s). Pass `t` (the node:test context) to
  * have the server stopped after the test whatever happens.
  */
 export async function startHerald(t, config = defaultConfig(), options = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'herald-interop-'));
-  const args = ['serve', '--port', '0'];
+  // The default engine (redb) in the temp dir: every run starts from an empty store, and
+  // nothing is written where the tests run from.
+  const args = ['serve', '--port', '0', '--data-dir', path.join(dir, 'data')];
   if (config) {
     const file = path.join(dir, 'config.json');
     await writeFile(file, JSON.stringify(config, null, 2));
