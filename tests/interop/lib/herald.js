@@ -68,7 +68,9 @@ export async function startHerald(t, config = defaultConfig(), options = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'herald-interop-'));
   // The default engine (redb) in the temp dir: every run starts from an empty store, and
   // nothing is written where the tests run from.
-  const args = ['serve', '--port', '0', '--data-dir', path.join(dir, 'data')];
+  // `options.port` and `options.dataDir` let a test restart a server where it was.
+  const dataDir = options.dataDir ?? path.join(dir, 'data');
+  const args = ['serve', '--port', String(options.port ?? 0), '--data-dir', dataDir];
   if (config) {
     const file = path.join(dir, 'config.json');
     await writeFile(file, JSON.stringify(config, null, 2));
@@ -82,6 +84,7 @@ export async function startHerald(t, config = defaultConfig(), options = {}) {
   const handle = {
     child,
     dir,
+    dataDir,
     stderr: '',
     clients: new Set(),
     port: 0,
