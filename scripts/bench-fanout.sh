@@ -88,7 +88,7 @@ bench() {
   log "$label: $N subscribers x $M messages at $RATE/s"
   timeout $((TIMEOUT + 30)) "$BENCH" fanout --label "$label" --subscribers "$N" --messages "$M" --rate "$RATE" \
     --timeout "$TIMEOUT" --threads "$THREADS" --server-pid "$SERVER_PID" --json "$@" | tee -a "$RESULTS" ||
-    log "$label: herald-bench failed"
+    log "$label: herald-bench exited with $? (status in its JSON line, if any)"
 }
 
 PENDING=()

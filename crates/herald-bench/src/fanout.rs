@@ -34,7 +34,9 @@ pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0)
 }
 
-pub fn run(args: FanoutArgs) -> Result<()> {
+/// Runs the scenario and prints the report; `Ok(false)` when the run was not clean (status other
+/// than "ok": subscribers that did not subscribe, publications not accepted, deliveries missing).
+pub fn run(args: FanoutArgs) -> Result<bool> {
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
     let publish_over = args.publish_over.unwrap_or(match args.target {
@@ -71,7 +73,7 @@ pub fn run(args: FanoutArgs) -> Result<()> {
     } else {
         print_summary(&report);
     }
-    Ok(())
+    Ok(report["status"] == "ok")
 }
 
 async fn scenario(shared: Arc<Shared>) -> Result<Value> {
@@ -316,6 +318,9 @@ fn print_summary(report: &Value) {
     );
     if let Some(cpu) = report["server_cpu_us_per_publication"].as_f64() {
         println!("  server CPU:  {cpu:.0} us per publication");
+    }
+    if let Some(error) = report["publish_error"].as_str() {
+        println!("  publisher:   {error}");
     }
     println!("  status:      {}", report["status"].as_str().unwrap_or_default());
     if let Some(errors) = report["subscriber_errors"].as_array().filter(|e| !e.is_empty()) {
