@@ -10,6 +10,7 @@
 #   THREADS=2           load generator worker threads
 #   TARGETS="herald herald-memory socketio nats"   what to run, in this order (first herald* = baseline)
 #   BUILD_HERALD=1      0: do not try `cargo build --release -p herald`, use the existing binary
+#   HERALD_BIN=target/release/herald   the Herald binary (skipped, row "pending", when missing)
 #   HERALD_PORT=8000 SOCKETIO_PORT=3000 NATS_TCP_PORT=4223 NATS_WS_PORT=9223 NATS_HTTP_PORT=8223
 #   PEERS_DIR=../shared/peers  PEERS_NODE=/tmp/peers/node  WORK=/tmp/herald-bench
 # Neither peer stores history or recovers missed messages; Herald assigns offsets and (by default)
@@ -92,7 +93,7 @@ bench() {
 }
 
 PENDING=()
-HERALD="$ROOT/target/release/herald"
+HERALD=${HERALD_BIN:-$ROOT/target/release/herald}
 run_herald() {
   local label=$1
   if [ ! -x "$HERALD" ]; then
