@@ -1,6 +1,7 @@
 //! Serving a node on a listener until a shutdown signal, then draining it.
 
 use crate::node::Node;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -28,6 +29,13 @@ pub async fn serve_app(
 ) -> std::io::Result<()> {
     let stop = node.shutdown_token();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+    // hold them for tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let stop = stop.clone();
         async move {
