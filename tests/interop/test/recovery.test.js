@@ -141,3 +141,48 @@ test('server shutdown disconnects with 3001 and the client recovers on the resta
   const publications = await seen.until(9);
   assert.deepEqual(publications.map((p) => p.data.seq), range(1, 9));
 });
+
+test('recovery is whole or nothing: history trimmed past the position gives recovered false and no old publications', async (t) => {
+  const server = await startHerald(t); // history_size 100
+  const client = newClient(server, { token: connectionToken('gone-long') });
+  await connect(client);
+  const sub = client.newSubscription('trimmed', { recoverable: true });
+  await subscribe(sub);
+  const seen = recorder(sub, 'publication');
+  for (const seq of range(1, 3)) await apiResult(server, 'publish', { channel: 'trimmed', data: { seq } });
+  await seen.until(3);
+
+  const disconnected = nextEvent(client, 'disconnected');
+  client.disconnect();
+  await disconnected;
+  // 150 more while away: offsets 4..53 are trimmed, so recovery from 3 is impossible.
+  for (const seq of range(4, 153)) await apiResult(server, 'publish', { channel: 'trimmed', data: { seq } });
+  const resubscribed = nextEvent(sub, 'subscribed');
+  client.connect();
+  const ctx = await resubscribed;
+  assert.equal(ctx.wasRecovering, true, JSON.stringify(ctx));
+  assert.equal(ctx.recovered, false, JSON.stringify(ctx));
+  assert.equal(ctx.streamPosition?.offset, 153, JSON.stringify(ctx));
+  await apiResult(server, 'publish', { channel: 'trimmed', data: { seq: 154 } });
+  await seen.until(4);
+  assert.deepEqual(seen.items.map((p) => p.data.seq), [1, 2, 3, 154], 'nothing partial in between');
+});
+
+test('reconnecting with nothing missed: recovered true and no publications replayed', async (t) => {
+  const server = await startHerald(t);
+  const client = newClient(server, { token: connectionToken('uptodate') });
+  await connect(client);
+  const sub = client.newSubscription('calm', { recoverable: true });
+  await subscribe(sub);
+  const seen = recorder(sub, 'publication');
+  for (const seq of range(1, 5)) await apiResult(server, 'publish', { channel: 'calm', data: { seq } });
+  await seen.until(5);
+  const resubscribed = nextEvent(sub, 'subscribed');
+  await apiResult(server, 'disconnect', { user: 'uptodate', disconnect: { code: 3011, reason: 'force reconnect' } });
+  const ctx = await resubscribed;
+  assert.equal(ctx.recovered, true, JSON.stringify(ctx));
+  assert.equal(ctx.hasRecoveredPublications, false, JSON.stringify(ctx));
+  await apiResult(server, 'publish', { channel: 'calm', data: { seq: 6 } });
+  await seen.until(6);
+  assert.deepEqual(seen.items.map((p) => p.data.seq), range(1, 6));
+});
