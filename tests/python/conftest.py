@@ -76,8 +76,9 @@ class Herald:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.process.poll() is not None:
+                stderr = self.stderr()
                 self.stop()
-                raise RuntimeError(f"herald did not report listening: stdout={seen!r} stderr={self.stderr()!r}")
+                raise RuntimeError(f"herald did not report listening: stdout={seen!r} stderr={stderr!r}")
             try:
                 line = lines.get(timeout=min(remaining, 0.2))
             except queue.Empty:
