@@ -43,8 +43,9 @@ test('presence, presence stats and join/leave events between two clients', async
   assert.deepEqual(await aliceSub.presenceStats(), { numClients: 1, numUsers: 1 });
 
   // Leave on disconnect too.
+  const bobBack = nextEvent(aliceSub, 'join', { pred: (ctx) => ctx.info.user === 'bob' });
   await subscribe(bobSub);
-  await nextEvent(aliceSub, 'join', { pred: (ctx) => ctx.info.user === 'bob' });
+  await bobBack;
   const bobGone = nextEvent(aliceSub, 'leave', { pred: (ctx) => ctx.info.user === 'bob' });
   bob.disconnect();
   await bobGone;
