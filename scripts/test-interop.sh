@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# Interop tests: the stock npm `centrifuge` SDK (Node) and PyPI `cent` against the real binary.
+# Interop tests of Herald's extensions through stock clients: change events, filters, audience and
+# patch mode with the npm `centrifuge` SDK, and the npm `cent.js` server API client
+# (interop/node). The protocol-compatibility suites (npm `centrifuge`, PyPI `cent`) are
+# scripts/interop.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build -p herald
 export HERALD_BIN="$PWD/target/debug/herald"
 
-echo "== npm centrifuge"
+echo "== Herald extensions through npm centrifuge, and npm cent.js (interop/node)"
 (cd interop/node && npm ci --no-audit --no-fund && npm test)
-
-if [ -d interop/python ]; then
-  echo "== PyPI cent"
-  python3 -m venv interop/python/.venv
-  interop/python/.venv/bin/pip install --quiet -r interop/python/requirements.txt
-  interop/python/.venv/bin/python -m pytest -q interop/python
-fi
