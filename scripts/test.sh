@@ -7,4 +7,3 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
 cargo test --workspace
 scripts/interop.sh
-scripts/test-interop.sh
