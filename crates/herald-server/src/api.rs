@@ -42,15 +42,38 @@ enum Answer<T: Serialize> {
     Error(ProtocolError),
 }
 
-type Outcome = Result<Box<RawValue>, ProtocolError>;
-
-fn to_raw<T: Serialize>(value: &T) -> Outcome {
-    serde_json::value::to_raw_value(value).map_err(|_| ProtocolError::internal())
+/// Why a call failed: a body that is not the method's JSON (the caller's bug, HTTP 400, as
+/// Centrifugo answers) or a refusal (HTTP 200 with the error).
+enum CallError {
+    MalformedBody(ProtocolError),
+    Refused(ProtocolError),
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+impl From<ProtocolError> for CallError {
+    fn from(error: ProtocolError) -> Self {
+        CallError::Refused(error)
+    }
+}
+
+impl CallError {
+    fn into_error(self) -> ProtocolError {
+        match self {
+            CallError::MalformedBody(error) | CallError::Refused(error) => error,
+        }
+    }
+}
+
+type Outcome = Result<Box<RawValue>, CallError>;
+
+fn to_raw<T: Serialize>(value: &T) -> Outcome {
+    serde_json::value::to_raw_value(value).map_err(|_| ProtocolError::internal().into())
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| ProtocolError::bad_request().with_message(format!("invalid request: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        CallError::MalformedBody(ProtocolError::bad_request().with_message(format!("invalid request: {e}")))
+    })
 }
 
 pub async fn handler(
@@ -82,15 +105,12 @@ pub async fn handler(
         // Centrifugo answers batch with its replies at the top level, and `cent` expects that.
         Ok(result) if name == "batch" => json_response(StatusCode::OK, result.get().as_bytes().to_vec()),
         Ok(result) => json_response(StatusCode::OK, serde_json::to_vec(&Answer::Result(result)).unwrap_or_default()),
-        Err(error) => {
+        Err(failure) => {
+            let status =
+                if matches!(failure, CallError::MalformedBody(_)) { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            let error = failure.into_error();
             metrics::error("api", error.code);
             tracing::info!(method = name, code = error.code, message = %error.message, "server API call refused");
-            // Malformed bodies are the caller's bug, told apart by status as Centrifugo does.
-            let status = if error.code == 107 && error.message.starts_with("invalid request") {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
             json_response(status, serde_json::to_vec(&Answer::<()>::Error(error)).unwrap_or_default())
         }
     }
@@ -160,7 +180,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "broadcast" => {
             let request: BroadcastRequest = parse(body)?;
             if request.channels.is_empty() {
-                return Err(ProtocolError::bad_request().with_message("channels required"));
+                return Err(ProtocolError::bad_request().with_message("channels required").into());
             }
             let data = payload(request.data, &request.b64data)?;
             let mut responses = Vec::with_capacity(request.channels.len());
@@ -190,7 +210,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                     (Some((name, args)), None) => match method_name(&name).filter(|m| *m != "batch") {
                         Some(inner) => match Box::pin(call(node, inner, args.get().as_bytes())).await {
                             Ok(result) => serde_json::json!({ inner: result }),
-                            Err(error) => serde_json::json!({ "error": error }),
+                            Err(failure) => serde_json::json!({ "error": failure.into_error() }),
                         },
                         None => serde_json::json!({ "error": ProtocolError::method_not_found() }),
                     },
@@ -216,7 +236,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "subscribe" => {
             let request: SubscribeRequest = parse(body)?;
             if request.user.is_empty() && request.client.is_empty() {
-                return Err(ProtocolError::bad_request().with_message("user or client required"));
+                return Err(ProtocolError::bad_request().with_message("user or client required").into());
             }
             let mut sub = ClientSubscribeRequest { channel: request.channel, data: request.data, ..Default::default() };
             if let Some(since) = request.recover_since {
@@ -230,7 +250,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "unsubscribe" => {
             let request: UnsubscribeRequest = parse(body)?;
             if request.user.is_empty() && request.client.is_empty() {
-                return Err(ProtocolError::bad_request().with_message("user or client required"));
+                return Err(ProtocolError::bad_request().with_message("user or client required").into());
             }
             node.unsubscribe(&request.user, &request.client, &request.channel)?;
             to_raw(&Empty {})
@@ -238,12 +258,14 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "disconnect" => {
             let request: DisconnectRequest = parse(body)?;
             if request.user.is_empty() && request.client.is_empty() {
-                return Err(ProtocolError::bad_request().with_message("user or client required"));
+                return Err(ProtocolError::bad_request().with_message("user or client required").into());
             }
             let disconnect = match request.disconnect {
                 Some(d) if d.code != 0 => {
                     if !(3000..5000).contains(&d.code) {
-                        return Err(ProtocolError::bad_request().with_message("disconnect code must be in 3000..4999"));
+                        return Err(ProtocolError::bad_request()
+                            .with_message("disconnect code must be in 3000..4999")
+                            .into());
                     }
                     let reason = if d.reason.is_empty() {
                         Disconnect::from_code(d.code).map(|k| k.reason.to_string()).unwrap_or_default()
@@ -272,7 +294,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
             let filter = history_filter(request.limit, request.since, request.reverse, max);
             let page = node.history(&request.channel, filter).await?;
             if !page.since_available {
-                return Err(ProtocolError::unrecoverable_position());
+                return Err(ProtocolError::unrecoverable_position().into());
             }
             to_raw(&HistoryResult {
                 publications: page.publications,
@@ -304,7 +326,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
             node.channel_options(&request.channel)?;
             match node.delivery_status(&request.channel, request.offset) {
                 Some(status) => to_raw(&status),
-                None => Err(ProtocolError::new(102, "no tracked delivery at this channel and offset")),
+                None => Err(ProtocolError::new(102, "no tracked delivery at this channel and offset").into()),
             }
         }
         "stats" => {
@@ -320,6 +342,6 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
             }
             to_raw(&answer)
         }
-        _ => Err(ProtocolError::method_not_found()),
+        _ => Err(ProtocolError::method_not_found().into()),
     }
 }

@@ -100,8 +100,4 @@ impl ClientHandle {
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
     }
-
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Acquire)
-    }
 }

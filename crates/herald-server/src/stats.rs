@@ -49,19 +49,34 @@ pub struct GroupCounters {
 #[derive(Default)]
 pub struct Stats {
     channels: Mutex<HashMap<String, Counters>>,
-    /// (tag key, tag value) -> counters of publications carrying that tag.
-    tags: Mutex<HashMap<(String, String), GroupCounters>>,
+    /// tag key -> tag value -> counters of publications carrying that tag.
+    tags: Mutex<HashMap<String, HashMap<String, GroupCounters>>>,
 }
 
 impl Stats {
     pub fn record(&self, channel: &str, publication: &Publication, outcome: &Outcome) {
-        self.channels.lock().entry(channel.to_owned()).or_default().record(publication, outcome);
+        // Look up before inserting: names are allocated once per channel or tag value, not once
+        // per publication.
+        {
+            let mut channels = self.channels.lock();
+            match channels.get_mut(channel) {
+                Some(counters) => counters.record(publication, outcome),
+                None => channels.entry(channel.to_owned()).or_default().record(publication, outcome),
+            }
+        }
         if publication.tags.is_empty() {
             return;
         }
         let mut tags = self.tags.lock();
         for (key, value) in &publication.tags {
-            let group = tags.entry((key.clone(), value.clone())).or_default();
+            let values = match tags.get_mut(key) {
+                Some(values) => values,
+                None => tags.entry(key.clone()).or_default(),
+            };
+            let group = match values.get_mut(value) {
+                Some(group) => group,
+                None => values.entry(value.clone()).or_default(),
+            };
             group.counters.record(publication, outcome);
             if !group.channels.contains(channel) {
                 group.channels.insert(channel.to_owned());
@@ -77,9 +92,8 @@ impl Stats {
     pub fn by_tag(&self, tag: &str) -> BTreeMap<String, GroupCounters> {
         self.tags
             .lock()
-            .iter()
-            .filter(|((key, _), _)| key == tag)
-            .map(|((_, value), c)| (value.clone(), c.clone()))
-            .collect()
+            .get(tag)
+            .map(|values| values.iter().map(|(value, counters)| (value.clone(), counters.clone())).collect())
+            .unwrap_or_default()
     }
 }
