@@ -132,6 +132,26 @@ const KEYS: &[(&str, &str)] = &[
     doc("channel.without_namespace.require_ack", "Herald: live recipients must acknowledge every publication (`herald.ack`); unacknowledged ones are redelivered"),
     doc("channel.without_namespace.ack_timeout", "Herald: wait before the first redelivery; doubles with each retry, plus jitter"),
     doc("channel.without_namespace.ack_max_retries", "Herald: redeliveries before a delivery is recorded as expired"),
+    doc(
+        "channel.without_namespace.default_priority",
+        "Herald: priority of publications that name none (critical, high, normal, low); slow clients shed low, then normal",
+    ),
+    doc(
+        "channel.without_namespace.batch_max_size",
+        "publications held per channel before they go out together in one frame (with batch_max_delay; 0 is off)",
+    ),
+    doc(
+        "channel.without_namespace.batch_max_delay",
+        "longest a publication is held for a batch (with batch_max_size; 0 is off)",
+    ),
+    doc(
+        "channel.without_namespace.conflate_key",
+        "Herald: tag naming what a publication updates; within conflate_window subscribers get only the latest per value",
+    ),
+    doc(
+        "channel.without_namespace.conflate_window",
+        "Herald: conflation window (with conflate_key); the first update goes out at once, the latest at the window's end",
+    ),
     doc("http_api.key", "API key for /api (X-API-Key or Authorization: apikey)"),
     doc("http_api.insecure", "accept /api calls without a key (development)"),
     doc("log.level", "trace, debug, info, warn, error or none"),
@@ -271,8 +291,6 @@ pub(crate) const UNSUPPORTED_NAMESPACE: &[&str] = &[
     "subscribe_stream_bidirectional",
     "keep_latest_publication",
     "allow_channel_compaction",
-    "batch_max_size",
-    "batch_max_delay",
     "batch_flush_latest",
     "shared_position_sync",
 ];

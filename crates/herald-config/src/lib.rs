@@ -171,6 +171,18 @@ pub struct NamespaceOptions {
     pub ack_timeout: Duration,
     /// Herald: redeliveries before the delivery is recorded as expired.
     pub ack_max_retries: u32,
+    /// Herald: priority of publications that name none: critical, high, normal or low.
+    pub default_priority: String,
+    /// Publications of a channel held until this many are waiting (0: no batching)...
+    pub batch_max_size: usize,
+    /// ...or until the first of them waited this long; then they go out in one frame.
+    #[serde(with = "duration")]
+    pub batch_max_delay: Duration,
+    /// Herald: the tag whose value names what a publication updates (a position, a setting);
+    /// within `conflate_window` a subscriber gets only the latest publication per value.
+    pub conflate_key: String,
+    #[serde(with = "duration")]
+    pub conflate_window: Duration,
 }
 
 impl Default for NamespaceOptions {
@@ -204,6 +216,11 @@ impl Default for NamespaceOptions {
             require_ack: false,
             ack_timeout: Duration::from_secs(5),
             ack_max_retries: 5,
+            default_priority: "normal".into(),
+            batch_max_size: 0,
+            batch_max_delay: Duration::ZERO,
+            conflate_key: String::new(),
+            conflate_window: Duration::ZERO,
         }
     }
 }
@@ -498,6 +515,8 @@ fn check_namespaces(tree: &Value) -> Result<(), ConfigError> {
     Ok(())
 }
 
+const PRIORITIES: &[&str] = &["critical", "high", "normal", "low"];
+
 const DELTA_TYPES: &[&str] = &["fossil", "json-patch"];
 
 fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), ConfigError> {
@@ -529,6 +548,25 @@ fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), Conf
     }
     if options.require_ack && !history {
         return Err(invalid(format!("{path}.require_ack"), "needs history (history_size and history_ttl)"));
+    }
+    if !PRIORITIES.contains(&options.default_priority.as_str()) {
+        return Err(invalid(
+            format!("{path}.default_priority"),
+            format!("{:?} is not one of critical, high, normal, low", options.default_priority),
+        ));
+    }
+    let batching = options.batch_max_size > 0 || !options.batch_max_delay.is_zero();
+    if batching && (options.batch_max_size == 0 || options.batch_max_delay.is_zero()) {
+        return Err(invalid(
+            format!("{path}.batch_max_size"),
+            "batching needs both batch_max_size and batch_max_delay greater than zero",
+        ));
+    }
+    if options.conflate_key.is_empty() != options.conflate_window.is_zero() {
+        return Err(invalid(
+            format!("{path}.conflate_key"),
+            "conflation needs both conflate_key (a tag name) and conflate_window greater than zero",
+        ));
     }
     if !options.channel_regex.is_empty() {
         regex::Regex::new(&options.channel_regex)

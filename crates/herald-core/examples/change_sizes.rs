@@ -56,6 +56,7 @@ fn main() {
                 summary: None,
                 audience: None,
                 idempotency_key: None,
+                priority: None,
             };
             let prepared = match request.prepare() {
                 Ok(prepared) => prepared,

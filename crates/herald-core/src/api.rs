@@ -1,7 +1,7 @@
 //! Request and result shapes of the server HTTP API (`POST /api/<method>`), as Centrifugo's
 //! `api.proto` defines them, so `cent` and `cent.js` work unchanged.
 
-use crate::protocol::{Audience, RawJson, Since};
+use crate::protocol::{Audience, Priority, RawJson, Since};
 pub use crate::protocol::{HistoryResult, PresenceResult};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +26,10 @@ pub struct PublishRequest {
     /// Herald extension: live recipients must acknowledge it (`herald.ack`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requires_ack: bool,
+    /// Herald extension: critical, high, normal or low (default: the namespace's
+    /// `default_priority`). Slow subscribers shed low, then normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,8 @@ pub struct BroadcastRequest {
     pub audience: Option<Audience>,
     #[serde(default)]
     pub requires_ack: bool,
+    #[serde(default)]
+    pub priority: Option<Priority>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,9 @@ pub struct ChangeRequest {
     pub audience: Option<Audience>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Herald extension: how urgently slow subscribers must get it (default: the namespace's).
+    #[serde(default)]
+    pub priority: Option<crate::protocol::Priority>,
 }
 
 /// The envelope as subscribers see it.
@@ -163,6 +166,7 @@ mod tests {
             summary: None,
             audience: None,
             idempotency_key: None,
+            priority: None,
         }
     }
 

@@ -302,6 +302,52 @@ impl Audience {
     }
 }
 
+/// How urgently a publication must reach a subscriber that falls behind (Herald extension).
+/// Under backpressure `low` is shed first, then `normal`; `high` and `critical` are never shed
+/// (a client that cannot take them is disconnected and recovers), and `critical` publications are
+/// confirmed by each recipient when the channel keeps history.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [Priority::Low, Priority::Normal, Priority::High, Priority::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    /// Whether a slow subscriber may skip it (with a gap signal) rather than be disconnected.
+    pub fn sheddable(self) -> bool {
+        self <= Priority::Normal
+    }
+
+    pub fn is_normal(&self) -> bool {
+        *self == Priority::Normal
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a priority (critical, high, normal, low)"))
+    }
+}
+
 /// What the server keeps with a publication besides what clients see.
 #[derive(Debug, Clone, Default)]
 pub struct PublicationMeta {
@@ -311,6 +357,7 @@ pub struct PublicationMeta {
     pub patch_data: Option<RawJson>,
     /// Live recipients must acknowledge it (`herald.ack`); unacknowledged ones get it again.
     pub ack: Option<AckPolicy>,
+    pub priority: Priority,
 }
 
 /// How a publication that requires confirmation is retried.
@@ -339,6 +386,10 @@ pub struct Publication {
 impl Publication {
     pub fn audience(&self) -> Option<&Audience> {
         self.meta.as_ref().and_then(|m| m.audience.as_ref())
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.meta.as_ref().map_or(Priority::Normal, |m| m.priority)
     }
 
     /// The same publication with other data (patch mode), sharing everything else.

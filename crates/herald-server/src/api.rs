@@ -163,6 +163,7 @@ async fn publish(node: &Node, request: PublishRequest) -> Result<PublishResult, 
     publish.idempotency_key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
     publish.audience = request.audience;
     publish.requires_ack = request.requires_ack;
+    publish.priority = request.priority;
     node.inner.publish(publish, "api").await
 }
 
@@ -194,6 +195,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                     idempotency_key: request.idempotency_key.clone(),
                     audience: request.audience.clone(),
                     requires_ack: request.requires_ack,
+                    priority: request.priority,
                 };
                 responses.push(match publish(node, single).await {
                     Ok(result) => Answer::Result(result),

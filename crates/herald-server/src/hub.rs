@@ -6,7 +6,7 @@
 //! its reply, nor a gap or duplicate between recovered and live ones.
 
 use crate::metrics;
-use crate::outbound::ClientHandle;
+use crate::outbound::{pack_frames, ClientHandle, PublicationFrame, Queued};
 use crate::view::{View, Viewer};
 use axum::extract::ws::Utf8Bytes;
 use herald_core::protocol::{reply, ClientInfo, Publication};
@@ -42,21 +42,23 @@ impl Subscription {
         })
     }
 
-    /// Queues (or buffers, while pending) a publication; false when it was dropped.
-    fn deliver(&self, publication: &Arc<Publication>, frame: &Utf8Bytes) -> bool {
+    /// Queues `frame` (holding `publications`), or buffers the publications while the
+    /// subscription is pending. False when the frame was not queued (shed, or the client is
+    /// being disconnected as slow).
+    fn deliver(&self, publications: &[&Arc<Publication>], frame: &Utf8Bytes, meta: &Arc<PublicationFrame>) -> bool {
         // Fast path once live: no lock per delivery.
         if self.live.load(Ordering::Acquire) {
-            return self.client.send(frame.clone());
+            return self.client.send_publication(frame.clone(), meta.clone()) == Queued::Yes;
         }
         let mut pending = self.pending.lock();
         match pending.as_mut() {
             Some(buffer) => {
-                buffer.push(publication.clone());
+                buffer.extend(publications.iter().map(|p| Arc::clone(p)));
                 true
             }
             None => {
                 drop(pending);
-                self.client.send(frame.clone())
+                self.client.send_publication(frame.clone(), meta.clone()) == Queued::Yes
             }
         }
     }
@@ -104,6 +106,50 @@ pub struct Broadcast {
     pub dropped: usize,
     /// Who got a publication that requires acknowledgement.
     pub recipients: Vec<Arc<Subscription>>,
+}
+
+/// A publication's serialized forms and parsed payload, made at most once per broadcast.
+#[derive(Default)]
+struct Forms {
+    data: OnceCell<Option<serde_json::Value>>,
+    full: OnceCell<Utf8Bytes>,
+    patch: OnceCell<Utf8Bytes>,
+}
+
+/// Several publications of a batch packed into one frame for a subscriber.
+struct Batched<'a> {
+    indices: Vec<usize>,
+    publications: Vec<&'a Arc<Publication>>,
+    frame: Utf8Bytes,
+    meta: Arc<PublicationFrame>,
+}
+
+impl<'a> Batched<'a> {
+    fn new(channel: &Arc<str>, all: &'a [Arc<Publication>], included: &[(usize, &Utf8Bytes)]) -> Self {
+        let indices: Vec<usize> = included.iter().map(|(i, _)| *i).collect();
+        let publications: Vec<&Arc<Publication>> = indices.iter().map(|&i| &all[i]).collect();
+        let frame = pack_frames(included.iter().map(|(_, f)| *f));
+        let meta = frame_meta(channel, &publications, None);
+        Self { indices, publications, frame, meta }
+    }
+}
+
+/// What the outbound queue needs to know of a frame holding `publications`.
+fn frame_meta(
+    channel: &Arc<str>,
+    publications: &[&Arc<Publication>],
+    conflate_key: Option<&str>,
+) -> Arc<PublicationFrame> {
+    let conflate = match (conflate_key, publications) {
+        (Some(key), [publication]) => publication.tags.get(key).map(|value| Arc::from(value.as_str())),
+        _ => None,
+    };
+    Arc::new(PublicationFrame {
+        channel: channel.clone(),
+        offsets: publications.iter().map(|p| p.offset).collect(),
+        priority: publications.iter().map(|p| p.priority()).max().unwrap_or_default(),
+        conflate,
+    })
 }
 
 /// What `channels` reports for one channel on this node.
@@ -249,49 +295,119 @@ impl Hub {
         out
     }
 
-    /// Queues a publication for every subscriber of `channel` on this node that may and wants to
-    /// see it. Each group of subscribers with the same view costs one filter evaluation; each
-    /// form of the publication (full or patch) is serialized at most once.
-    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) -> Broadcast {
+    /// Queues publications of `channel` for every subscriber on this node that may and wants to
+    /// see them, returning what happened to each. Several publications go to each subscriber as
+    /// one frame (a batch). Each group of subscribers with the same view costs one filter
+    /// evaluation per publication; each form of a publication (full or patch) is serialized at
+    /// most once, and a batch frame is packed once per group unless an audience makes it differ
+    /// between members.
+    ///
+    /// `conflate_key` names the tag whose value lets a newer publication replace an older one
+    /// still waiting in a slow subscriber's queue.
+    pub fn broadcast(
+        &self,
+        channel: &str,
+        publications: &[Arc<Publication>],
+        conflate_key: Option<&str>,
+    ) -> Vec<Broadcast> {
         let shard = self.channels[shard_of(channel)].read();
-        let Some(subscribers) = shard.get(channel) else { return Broadcast::default() };
-        let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
-        let mut recipients = Vec::new();
-        let mut dropped = 0;
-        let data = OnceCell::new();
-        let full = OnceCell::new();
-        let patch = OnceCell::new();
-        let audience = publication.audience();
-        let mut delivered = 0;
+        let mut outcomes: Vec<Broadcast> = publications.iter().map(|_| Broadcast::default()).collect();
+        let Some(subscribers) = shard.get(channel) else { return outcomes };
+        for outcome in &mut outcomes {
+            outcome.subscribers = subscribers.count;
+        }
+        let channel_name: Arc<str> = Arc::from(channel);
+        let forms: Vec<Forms> = publications.iter().map(|_| Forms::default()).collect();
+        let single_meta = OnceCell::new();
+        let mut passing: Vec<(usize, &Utf8Bytes)> = Vec::with_capacity(publications.len());
         for group in subscribers.groups.values() {
-            if !group.view.passes(publication, &data) {
-                continue;
-            }
-            let frame = if group.view.uses_patch_form(publication) {
-                patch.get_or_init(|| {
-                    Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()))
-                })
-            } else {
-                full.get_or_init(|| Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref())))
-            };
-            for subscription in group.members.values() {
-                if let Some(audience) = audience {
-                    if !audience.admits(&subscription.viewer.user, &subscription.viewer.roles) {
-                        continue;
-                    }
-                }
-                if !subscription.deliver(publication, frame) {
-                    dropped += 1;
+            passing.clear();
+            for (index, publication) in publications.iter().enumerate() {
+                let form = &forms[index];
+                if !group.view.passes(publication, &form.data) {
                     continue;
                 }
-                delivered += 1;
-                if track {
-                    recipients.push(subscription.clone());
+                let frame = if group.view.uses_patch_form(publication) {
+                    form.patch.get_or_init(|| {
+                        Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()))
+                    })
+                } else {
+                    form.full.get_or_init(|| Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref())))
+                };
+                passing.push((index, frame));
+            }
+            match passing.as_slice() {
+                [] => {}
+                [(index, frame)] => {
+                    let publication = &publications[*index];
+                    let meta = if publications.len() == 1 {
+                        single_meta.get_or_init(|| frame_meta(&channel_name, &[publication], conflate_key)).clone()
+                    } else {
+                        frame_meta(&channel_name, &[publication], None)
+                    };
+                    let audience = publication.audience();
+                    let outcome = &mut outcomes[*index];
+                    let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
+                    for subscription in group.members.values() {
+                        if let Some(audience) = audience {
+                            if !audience.admits(&subscription.viewer.user, &subscription.viewer.roles) {
+                                continue;
+                            }
+                        }
+                        if !subscription.deliver(&[publication], frame, &meta) {
+                            outcome.dropped += 1;
+                            continue;
+                        }
+                        outcome.delivered += 1;
+                        if track {
+                            outcome.recipients.push(subscription.clone());
+                        }
+                    }
+                }
+                several => {
+                    // Without audiences every member gets the same batch frame: pack it once.
+                    let restricted = several.iter().any(|(i, _)| publications[*i].audience().is_some());
+                    let shared = (!restricted).then(|| Batched::new(&channel_name, publications, several));
+                    for subscription in group.members.values() {
+                        let own;
+                        let batched = match &shared {
+                            Some(shared) => shared,
+                            None => {
+                                let admitted: Vec<(usize, &Utf8Bytes)> = several
+                                    .iter()
+                                    .filter(|(i, _)| subscription.viewer.admitted(&publications[*i]))
+                                    .copied()
+                                    .collect();
+                                if admitted.is_empty() {
+                                    continue;
+                                }
+                                own = Batched::new(&channel_name, publications, &admitted);
+                                &own
+                            }
+                        };
+                        let queued = subscription.deliver(&batched.publications, &batched.frame, &batched.meta);
+                        for &index in &batched.indices {
+                            let outcome = &mut outcomes[index];
+                            if !queued {
+                                outcome.dropped += 1;
+                                continue;
+                            }
+                            outcome.delivered += 1;
+                            if publications[index].meta.as_ref().is_some_and(|m| m.ack.is_some()) {
+                                outcome.recipients.push(subscription.clone());
+                            }
+                        }
+                    }
                 }
             }
         }
-        metrics::deliveries(delivered);
-        Broadcast { subscribers: subscribers.count, delivered, dropped, recipients }
+        metrics::deliveries(outcomes.iter().map(|o| o.delivered).sum());
+        outcomes
+    }
+
+    /// One publication to every subscriber that may and wants to see it.
+    pub fn broadcast_publication(&self, channel: &str, publication: &Arc<Publication>) -> Broadcast {
+        self.broadcast(channel, std::slice::from_ref(publication), None).pop().unwrap_or_default()
     }
 
     pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {
@@ -309,7 +425,6 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::Outgoing;
     use serde_json::value::RawValue;
 
     fn publication(offset: u64) -> Arc<Publication> {
@@ -326,13 +441,14 @@ mod tests {
     #[test]
     fn pending_subscription_buffers_until_its_reply_is_queued() {
         let hub = Hub::new();
-        let (handle, mut outgoing, _control) = ClientHandle::new("c1".into(), 1 << 20);
-        let subscription = Subscription::new(Arc::new(handle), false, View::everything(), Viewer::default());
+        let (handle, _control) = ClientHandle::new("c1".into(), 1 << 20);
+        let handle = Arc::new(handle);
+        let subscription = Subscription::new(handle.clone(), false, View::everything(), Viewer::default());
         hub.add_subscription("ch", subscription.clone());
         for offset in 1..=3 {
             hub.broadcast_publication("ch", &publication(offset));
         }
-        assert!(outgoing.try_recv().is_err(), "nothing reaches a pending subscriber");
+        assert!(handle.try_batch().is_none(), "nothing reaches a pending subscriber");
         let mut seen_buffer = Vec::new();
         subscription.go_live(|buffered| {
             seen_buffer = buffered.iter().map(|p| p.offset).collect();
@@ -340,11 +456,8 @@ mod tests {
         });
         hub.broadcast_publication("ch", &publication(4));
         assert_eq!(seen_buffer, vec![1, 2, 3]);
-        let frames: Vec<String> = std::iter::from_fn(|| match outgoing.try_recv() {
-            Ok(Outgoing::Frame(f)) => Some(f.as_str().to_owned()),
-            _ => None,
-        })
-        .collect();
+        let frames: Vec<String> =
+            handle.try_batch().map(|b| b.frames.iter().map(|f| f.as_str().to_owned()).collect()).unwrap_or_default();
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], "reply");
         assert!(frames[1].contains(r#""offset":4"#), "{}", frames[1]);
@@ -353,8 +466,8 @@ mod tests {
     #[test]
     fn last_unsubscribe_empties_the_channel() {
         let hub = Hub::new();
-        let (a, _, _) = ClientHandle::new("a".into(), 1024);
-        let (b, _, _) = ClientHandle::new("b".into(), 1024);
+        let (a, _) = ClientHandle::new("a".into(), 1024);
+        let (b, _) = ClientHandle::new("b".into(), 1024);
         assert!(
             hub.add_subscription("ch", Subscription::new(Arc::new(a), false, View::everything(), Viewer::default()))
         );
@@ -370,7 +483,6 @@ mod tests {
 #[cfg(test)]
 mod audience_properties {
     use super::*;
-    use crate::outbound::Outgoing;
     use herald_core::protocol::{Audience, PublicationMeta};
     use proptest::prelude::*;
     use serde_json::value::RawValue;
@@ -397,12 +509,13 @@ mod audience_properties {
             let hub = Hub::new();
             let mut inboxes = Vec::new();
             for (i, (user, roles)) in viewers.iter().enumerate() {
-                let (handle, outgoing, control) = ClientHandle::new(format!("c{i}"), 1 << 20);
+                let (handle, control) = ClientHandle::new(format!("c{i}"), 1 << 20);
+                let handle = Arc::new(handle);
                 let viewer = Viewer { user: user.to_string(), roles: Arc::from(roles.clone()) };
-                let subscription = Subscription::new(Arc::new(handle), false, View::everything(), viewer.clone());
+                let subscription = Subscription::new(handle.clone(), false, View::everything(), viewer.clone());
                 hub.add_subscription("ch", subscription.clone());
                 subscription.go_live(|_| Vec::new());
-                inboxes.push((viewer, outgoing, control));
+                inboxes.push((viewer, handle, control));
             }
             let publications: Vec<Arc<Publication>> = audiences
                 .iter()
@@ -413,19 +526,16 @@ mod audience_properties {
                     offset: i as u64 + 1,
                     tags: Default::default(),
                     time: 0,
-                    meta: Some(Arc::new(PublicationMeta { audience: audience.clone(), patch_data: None, ack: None })),
+                    meta: Some(Arc::new(PublicationMeta { audience: audience.clone(), ..Default::default() })),
                 }))
                 .collect();
             for publication in &publications {
                 hub.broadcast_publication("ch", publication);
             }
-            for (viewer, outgoing, _) in &mut inboxes {
-                let mut live = Vec::new();
-                while let Ok(Outgoing::Frame(frame)) = outgoing.try_recv() {
-                    let value: serde_json::Value = serde_json::from_str(frame.as_str()).unwrap();
-                    prop_assert!(!frame.as_str().contains("audience"));
-                    live.push(value["push"]["pub"]["offset"].as_u64().unwrap());
-                }
+            // The same publications again, as one batch: each viewer gets one frame with exactly
+            // the publications it is admitted to.
+            hub.broadcast("ch", &publications, None);
+            for (viewer, handle, _) in &mut inboxes {
                 let admitted: Vec<u64> = publications
                     .iter()
                     .filter(|p| p.audience().is_none_or(|a| {
@@ -435,7 +545,20 @@ mod audience_properties {
                     }))
                     .map(|p| p.offset)
                     .collect();
+                let frames = handle.try_batch().map(|b| b.frames).unwrap_or_default();
+                let offsets_of = |frame: &Utf8Bytes| -> Vec<u64> {
+                    frame.as_str().lines().map(|line| {
+                        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                        value["push"]["pub"]["offset"].as_u64().unwrap()
+                    }).collect()
+                };
+                prop_assert!(frames.iter().all(|f| !f.as_str().contains("audience")));
+                let expected_frames = admitted.len() + usize::from(!admitted.is_empty());
+                prop_assert_eq!(frames.len(), expected_frames);
+                let live: Vec<u64> = frames.iter().take(admitted.len()).flat_map(offsets_of).collect();
                 prop_assert_eq!(&live, &admitted);
+                let batched: Vec<u64> = frames.iter().skip(admitted.len()).flat_map(offsets_of).collect();
+                prop_assert_eq!(&batched, &admitted);
                 let through_history: Vec<u64> = publications
                     .iter()
                     .filter_map(|p| viewer.visible(&View::everything(), p))

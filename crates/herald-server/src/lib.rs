@@ -12,6 +12,7 @@ pub mod acks;
 pub mod api;
 pub mod auth;
 mod client;
+mod delivery;
 pub mod engine;
 pub mod hub;
 mod metrics;

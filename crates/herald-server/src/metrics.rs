@@ -68,6 +68,11 @@ pub fn slow_client() {
     counter!("herald_slow_clients_total").increment(1);
 }
 
+/// A publication a slow client will not receive live, by its priority and why.
+pub fn shed(priority: herald_core::protocol::Priority, reason: &'static str) {
+    counter!("herald_publications_shed_total", "priority" => priority.as_str(), "reason" => reason).increment(1);
+}
+
 pub fn bad_input(kind: &'static str) {
     counter!("herald_bad_input_total", "kind" => kind).increment(1);
 }

@@ -3,21 +3,23 @@
 
 use crate::acks::AckTracker;
 use crate::auth::TokenVerifier;
+use crate::delivery::HubDelivery;
 use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
-    Broker, BrokerEventHandler, EngineError, HistoryFilter, HistoryPage, PresenceManager, PresenceStats,
-    PublishOptions, StreamPosition,
+    Broker, EngineError, HistoryFilter, HistoryPage, PresenceManager, PresenceStats, PublishOptions, StreamPosition,
 };
 use crate::hub::Hub;
 use crate::metrics;
 use crate::outbound::Control;
-use crate::stats::{Counters, GroupCounters, Outcome, Stats};
+use crate::stats::{Counters, GroupCounters, Stats};
 use futures_util::future::BoxFuture;
 use herald_config::{Config, NamespaceOptions};
 use herald_core::api::{NodeInfo, PublishResult};
 use herald_core::change::ChangeRequest;
 use herald_core::channel::{self, ChannelName};
-use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Publication, PublicationMeta, RawJson, SubscribeRequest};
+use herald_core::protocol::{
+    AckPolicy, Audience, ClientInfo, Priority, Publication, PublicationMeta, RawJson, SubscribeRequest,
+};
 use herald_core::{Disconnect, ProtocolError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
@@ -60,6 +62,8 @@ pub struct Publish {
     pub patch_data: Option<RawJson>,
     /// Live recipients must acknowledge it (also forced by the namespace's `require_ack`).
     pub requires_ack: bool,
+    /// How urgently slow subscribers must get it; `None` takes the namespace's default.
+    pub priority: Option<Priority>,
 }
 
 impl Publish {
@@ -74,6 +78,7 @@ impl Publish {
             audience: None,
             patch_data: None,
             requires_ack: false,
+            priority: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl Publish {
         publish.patch_data = Some(prepared.patch_only);
         publish.audience = request.audience;
         publish.idempotency_key = request.idempotency_key;
+        publish.priority = request.priority;
         Ok(publish)
     }
 
@@ -126,38 +132,6 @@ pub(crate) struct NodeInner {
 #[derive(Clone)]
 pub struct Node {
     pub(crate) inner: Arc<NodeInner>,
-}
-
-/// Hands broker deliveries to the hub and counts them. Holds only the hub and the statistics,
-/// so the broker does not keep the node alive.
-struct HubDelivery {
-    hub: Arc<Hub>,
-    stats: Arc<Stats>,
-    acks: Arc<AckTracker>,
-}
-
-impl BrokerEventHandler for HubDelivery {
-    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let broadcast = self.hub.broadcast_publication(channel, &publication);
-        let outcome =
-            Outcome { subscribers: broadcast.subscribers, delivered: broadcast.delivered, dropped: broadcast.dropped };
-        self.stats.record(channel, &publication, &outcome);
-        if let Some(policy) = publication.meta.as_ref().and_then(|m| m.ack) {
-            self.acks.track(
-                channel,
-                &publication,
-                broadcast.recipients,
-                Duration::from_millis(policy.timeout_ms),
-                policy.max_retries,
-            );
-        }
-    }
-    fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.hub.broadcast_join_leave(channel, "join", info);
-    }
-    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.hub.broadcast_join_leave(channel, "leave", info);
-    }
 }
 
 pub struct NodeBuilder {
@@ -208,7 +182,7 @@ impl NodeBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let stats = Arc::new(Stats::default());
         let acks = Arc::new(AckTracker::default());
-        broker.register_handler(Arc::new(HubDelivery { hub: hub.clone(), stats: stats.clone(), acks: acks.clone() }));
+        broker.register_handler(HubDelivery::new(hub.clone(), stats.clone(), acks.clone(), config.clone()));
         let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
         let id = uuid::Uuid::new_v4().to_string();
         let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
@@ -507,15 +481,31 @@ impl NodeInner {
                 return Err(ProtocolError::bad_request().with_message("audience names no users and no roles"));
             }
         }
-        let ack = (publish.requires_ack || options.require_ack).then_some(AckPolicy {
+        let priority = match publish.priority {
+            Some(priority) => priority,
+            None => options.default_priority.parse().map_err(|reason: String| {
+                ProtocolError::internal().with_message(format!("default_priority of {:?}: {reason}", publish.channel))
+            })?,
+        };
+        let keeps_history = options.history_size > 0 && !publish.skip_history;
+        // Critical publications are confirmed by each recipient wherever history can back the
+        // redelivery; elsewhere they are still never shed.
+        let confirmed =
+            publish.requires_ack || options.require_ack || (priority == Priority::Critical && keeps_history);
+        let ack = confirmed.then_some(AckPolicy {
             timeout_ms: options.ack_timeout.as_millis() as u64,
             max_retries: options.ack_max_retries,
         });
-        if ack.is_some() && (options.history_size == 0 || publish.skip_history) {
+        if ack.is_some() && !keeps_history {
             return Err(ProtocolError::bad_request().with_message("acknowledged delivery needs history on the channel"));
         }
-        let meta = (publish.audience.is_some() || publish.patch_data.is_some() || ack.is_some())
-            .then(|| Arc::new(PublicationMeta { audience: publish.audience, patch_data: publish.patch_data, ack }));
+        let meta = (publish.audience.is_some()
+            || publish.patch_data.is_some()
+            || ack.is_some()
+            || !priority.is_normal())
+        .then(|| {
+            Arc::new(PublicationMeta { audience: publish.audience, patch_data: publish.patch_data, ack, priority })
+        });
         let publication = Publication {
             data: publish.data,
             info: publish.info,

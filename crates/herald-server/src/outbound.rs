@@ -1,20 +1,29 @@
-//! What other parts of the node hold of a connection: its bounded outbound queue and a way to
-//! tell its session task to subscribe, unsubscribe or disconnect.
+//! What other parts of the node hold of a connection: its outbound queue and a way to tell its
+//! session task to subscribe, unsubscribe or disconnect.
+//!
+//! The queue is bounded in bytes (`client.queue_max_size`). When a client falls behind, the queue
+//! degrades in a fixed order instead of growing: an update superseded by a newer one with the same
+//! conflation key is replaced first, then `low` publications are shed (oldest first), then
+//! `normal` ones. `high` and `critical` publications and protocol replies are never shed: when
+//! they cannot be queued the client is disconnected with 3008 and recovers from history. Every
+//! shed publication is listed in a gap signal that goes out ahead of the next frames.
 
 use axum::extract::ws::Utf8Bytes;
-use herald_core::protocol::SubscribeRequest;
+use herald_core::protocol::{Priority, SubscribeRequest};
 use herald_core::Disconnect;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, Notify};
 
-/// Something for the connection's writer: a serialized reply or push, or the end.
-#[derive(Debug)]
-pub enum Outgoing {
-    Frame(Utf8Bytes),
-    /// Flush what is queued, then close with this code.
-    Close(Disconnect),
-}
+/// Frames larger than this are written alone rather than packed with others.
+pub const PACK_LIMIT: usize = 64 * 1024;
+
+/// Most skipped offsets remembered per channel before the client is disconnected as slow
+/// instead: the gap signal stays small, and a client this far behind is better off recovering.
+const MAX_GAP_OFFSETS: usize = 10_000;
 
 /// Orders for the connection's session task from the rest of the node (server API, shutdown,
 /// the slow-client guard).
@@ -25,33 +34,103 @@ pub enum Control {
     Disconnect(Disconnect),
 }
 
+/// What a queued publication frame is, for shedding and gap signals. A batch frame carries
+/// several offsets of one channel.
+#[derive(Debug, Clone)]
+pub struct PublicationFrame {
+    pub channel: Arc<str>,
+    pub offsets: Vec<u64>,
+    pub priority: Priority,
+    /// The conflation key's value: a newer frame with the same value replaces this one while
+    /// both wait in the queue.
+    pub conflate: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Utf8Bytes,
+    /// `None` for replies and other protocol frames, which are never shed.
+    publication: Option<Arc<PublicationFrame>>,
+}
+
+/// What happened to a frame handed to [`ClientHandle::send_publication`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// Shed to stay within the queue limit; listed in the next gap signal.
+    Shed,
+    /// The client is being disconnected as slow (or is closing); it will recover from history.
+    Refused,
+}
+
+/// Why a publication left the queue without being written, for metrics.
+#[derive(Debug, Clone, Copy)]
+enum ShedReason {
+    QueueFull,
+    Conflated,
+}
+
+impl ShedReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::Conflated => "conflated",
+        }
+    }
+}
+
+/// Offsets a client will not receive live, per channel.
+#[derive(Debug, Default)]
+struct Gap {
+    offsets: Vec<u64>,
+    /// Shed publications of channels without history have no offset to list.
+    unnumbered: u64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// Bytes queued plus bytes the writer took and has not written yet.
+    bytes: usize,
+    /// Queued entries that carry a conflation key; the replace scan runs only when some do.
+    conflatable: usize,
+    gaps: BTreeMap<Arc<str>, Gap>,
+    close: Option<Disconnect>,
+}
+
+/// What the writer takes from the queue in one go: frames to pack into as few WebSocket frames
+/// as possible, then possibly the end.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub frames: Vec<Utf8Bytes>,
+    /// Bytes to report back through [`ClientHandle::written`].
+    pub bytes: usize,
+    pub close: Option<Disconnect>,
+}
+
 pub struct ClientHandle {
     pub id: String,
     user: OnceLock<String>,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    queue: Mutex<Queue>,
+    ready: Notify,
     control: mpsc::UnboundedSender<Control>,
-    queued_bytes: AtomicUsize,
     queue_max_bytes: usize,
     overflowed: AtomicBool,
 }
 
 impl ClientHandle {
-    pub fn new(
-        id: String,
-        queue_max_bytes: usize,
-    ) -> (Self, mpsc::UnboundedReceiver<Outgoing>, mpsc::UnboundedReceiver<Control>) {
-        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
+    pub fn new(id: String, queue_max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Control>) {
         let (control, control_rx) = mpsc::unbounded_channel();
         let handle = Self {
             id,
             user: OnceLock::new(),
-            outgoing,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
             control,
-            queued_bytes: AtomicUsize::new(0),
             queue_max_bytes,
             overflowed: AtomicBool::new(false),
         };
-        (handle, outgoing_rx, control_rx)
+        (handle, control_rx)
     }
 
     /// The authenticated user; empty for anonymous connections and before connect.
@@ -64,32 +143,153 @@ impl ClientHandle {
         let _ = self.user.set(user);
     }
 
-    /// Queues a frame unless the queue is over its byte limit, in which case the connection is
-    /// told to disconnect as slow: it will reconnect and recover instead of growing memory.
-    /// Returns false when the frame was dropped because the client could not keep up.
+    /// Queues a reply or protocol push. These are never shed: when one does not fit even after
+    /// shedding, the client is disconnected as slow. Returns false when it was not queued.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
+        self.enqueue(Entry { bytes: frame, publication: None }) == Queued::Yes
+    }
+
+    /// Queues a publication frame, degrading the queue by priority when it is full.
+    pub fn send_publication(&self, frame: Utf8Bytes, publication: Arc<PublicationFrame>) -> Queued {
+        self.enqueue(Entry { bytes: frame, publication: Some(publication) })
+    }
+
+    fn enqueue(&self, entry: Entry) -> Queued {
         if self.overflowed.load(Ordering::Relaxed) {
-            return false;
+            return Queued::Refused;
         }
-        let queued = self.queued_bytes.fetch_add(frame.len(), Ordering::AcqRel) + frame.len();
-        if queued > self.queue_max_bytes {
-            // The backlog is dropped rather than flushed: the client will recover it from history.
-            if !self.overflowed.swap(true, Ordering::AcqRel) {
-                crate::metrics::slow_client();
-                let _ = self.control.send(Control::Disconnect(Disconnect::SLOW));
+        let mut queue = self.queue.lock();
+        if queue.close.is_some() {
+            return Queued::Refused;
+        }
+        if queue.conflatable > 0 {
+            if let Some(publication) = entry.publication.as_ref().filter(|p| p.conflate.is_some()) {
+                queue.replace_superseded(publication);
             }
-            return false;
         }
-        self.outgoing.send(Outgoing::Frame(frame)).is_ok()
+        let size = entry.bytes.len();
+        if queue.bytes + size > self.queue_max_bytes {
+            // Shed what this entry outranks or equals, lowest priority and oldest first.
+            let ceiling = match &entry.publication {
+                Some(p) if p.priority.sheddable() => p.priority,
+                _ => Priority::Normal,
+            };
+            for priority in [Priority::Low, Priority::Normal] {
+                if priority > ceiling {
+                    break;
+                }
+                queue.shed(priority, size, self.queue_max_bytes);
+                if queue.bytes + size <= self.queue_max_bytes {
+                    break;
+                }
+            }
+        }
+        if queue.bytes + size > self.queue_max_bytes {
+            match &entry.publication {
+                Some(p) if p.priority.sheddable() => {
+                    queue.record_gap(p, ShedReason::QueueFull);
+                    let over = queue.gap_overflowed();
+                    drop(queue);
+                    if over {
+                        self.overflow();
+                    } else {
+                        self.ready.notify_one();
+                    }
+                    return Queued::Shed;
+                }
+                _ => {
+                    drop(queue);
+                    self.overflow();
+                    return Queued::Refused;
+                }
+            }
+        }
+        if entry.publication.as_ref().is_some_and(|p| p.conflate.is_some()) {
+            queue.conflatable += 1;
+        }
+        queue.bytes += size;
+        queue.entries.push_back(entry);
+        let over = queue.gap_overflowed();
+        drop(queue);
+        if over {
+            self.overflow();
+            return Queued::Refused;
+        }
+        self.ready.notify_one();
+        Queued::Yes
     }
 
-    /// Called by the writer once a frame left the process.
+    /// The client cannot keep up with what must reach it: what is queued is dropped (it will
+    /// recover from history) and the session is told to disconnect with 3008.
+    fn overflow(&self) {
+        if !self.overflowed.swap(true, Ordering::AcqRel) {
+            crate::metrics::slow_client();
+            {
+                let mut queue = self.queue.lock();
+                let dropped: usize = queue.entries.drain(..).map(|e| e.bytes.len()).sum();
+                queue.bytes -= dropped;
+                queue.conflatable = 0;
+                queue.gaps.clear();
+            }
+            let _ = self.control.send(Control::Disconnect(Disconnect::SLOW));
+        }
+    }
+
+    /// Waits for frames to write and takes up to about [`PACK_LIMIT`] bytes of them (always at
+    /// least one frame), led by the gap signals of what was shed meanwhile.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            if let Some(batch) = self.try_batch() {
+                return batch;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// What [`Self::next_batch`] would take now, if anything.
+    pub fn try_batch(&self) -> Option<Batch> {
+        let mut queue = self.queue.lock();
+        if queue.entries.is_empty() && queue.gaps.is_empty() && queue.close.is_none() {
+            return None;
+        }
+        let mut batch = Batch::default();
+        for (channel, gap) in std::mem::take(&mut queue.gaps) {
+            batch.frames.push(Utf8Bytes::from(gap_signal(&channel, &gap)));
+        }
+        let mut taken = 0;
+        while let Some(entry) = queue.entries.front() {
+            if taken > 0 && taken + entry.bytes.len() > PACK_LIMIT {
+                break;
+            }
+            let Some(entry) = queue.entries.pop_front() else { break };
+            if entry.publication.as_ref().is_some_and(|p| p.conflate.is_some()) {
+                queue.conflatable -= 1;
+            }
+            taken += entry.bytes.len();
+            batch.frames.push(entry.bytes);
+        }
+        // Still counted against the limit until written: the writer holds them meanwhile.
+        batch.bytes = taken;
+        if queue.entries.is_empty() {
+            batch.close = queue.close.clone();
+        }
+        Some(batch)
+    }
+
+    /// Called by the writer once a batch left the process (or was discarded).
     pub fn written(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let mut queue = self.queue.lock();
+        queue.bytes = queue.bytes.saturating_sub(bytes);
     }
 
+    /// Flush what is queued, then close with this code.
     pub fn close(&self, disconnect: Disconnect) {
-        let _ = self.outgoing.send(Outgoing::Close(disconnect));
+        let mut queue = self.queue.lock();
+        if queue.close.is_none() {
+            queue.close = Some(disconnect);
+        }
+        drop(queue);
+        self.ready.notify_one();
     }
 
     pub fn control(&self, order: Control) {
@@ -99,5 +299,234 @@ impl ClientHandle {
     /// True once the queue overflowed: the writer discards what is still queued.
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+}
+
+impl Queue {
+    /// Drops the queued frame that `newer` supersedes (same channel and conflation key).
+    fn replace_superseded(&mut self, newer: &PublicationFrame) {
+        let position = self.entries.iter().position(|entry| {
+            entry.publication.as_ref().is_some_and(|queued| {
+                queued.conflate.is_some() && queued.conflate == newer.conflate && queued.channel == newer.channel
+            })
+        });
+        if let Some(entry) = position.and_then(|i| self.entries.remove(i)) {
+            self.bytes -= entry.bytes.len();
+            self.conflatable -= 1;
+            if let Some(publication) = &entry.publication {
+                // Superseded, not lost: the newer value is on its way, so no gap is signalled.
+                crate::metrics::shed(publication.priority, ShedReason::Conflated.as_str());
+            }
+        }
+    }
+
+    /// Sheds queued publications of exactly `priority`, oldest first, until `incoming` bytes fit.
+    fn shed(&mut self, priority: Priority, incoming: usize, limit: usize) {
+        let mut index = 0;
+        while index < self.entries.len() && self.bytes + incoming > limit {
+            let matches = self.entries[index].publication.as_ref().is_some_and(|p| p.priority == priority);
+            if !matches {
+                index += 1;
+                continue;
+            }
+            let Some(entry) = self.entries.remove(index) else { break };
+            self.bytes -= entry.bytes.len();
+            if let Some(publication) = &entry.publication {
+                if publication.conflate.is_some() {
+                    self.conflatable -= 1;
+                }
+                self.record_gap(publication, ShedReason::QueueFull);
+            }
+        }
+    }
+
+    fn record_gap(&mut self, publication: &PublicationFrame, reason: ShedReason) {
+        crate::metrics::shed(publication.priority, reason.as_str());
+        let gap = self.gaps.entry(publication.channel.clone()).or_default();
+        for &offset in &publication.offsets {
+            if offset == 0 {
+                gap.unnumbered += 1;
+            } else {
+                gap.offsets.push(offset);
+            }
+        }
+    }
+
+    fn gap_overflowed(&self) -> bool {
+        self.gaps.values().any(|gap| gap.offsets.len() > MAX_GAP_OFFSETS)
+    }
+}
+
+/// Several frames as one text frame: joining valid UTF-8 with newlines stays valid (and is how
+/// the protocol sends several replies at once), so nothing is validated again.
+pub fn pack_frames<'a>(frames: impl Iterator<Item = &'a Utf8Bytes> + Clone) -> Utf8Bytes {
+    let size: usize = frames.clone().map(|f| f.len() + 1).sum();
+    let mut packed = String::with_capacity(size);
+    for frame in frames {
+        if !packed.is_empty() {
+            packed.push('\n');
+        }
+        packed.push_str(frame.as_str());
+    }
+    Utf8Bytes::from(packed)
+}
+
+/// Herald's gap signal: a `message` push (which stock SDKs hand to the application's `message`
+/// handler and otherwise ignore) naming the publications of one channel that were shed.
+fn gap_signal(channel: &str, gap: &Gap) -> String {
+    #[derive(Serialize)]
+    struct GapBody<'a> {
+        channel: &'a str,
+        offsets: Vec<u64>,
+        #[serde(skip_serializing_if = "is_zero")]
+        unnumbered: u64,
+    }
+    #[derive(Serialize)]
+    struct Herald<'a> {
+        gap: GapBody<'a>,
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        herald: Herald<'a>,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        data: Data<'a>,
+    }
+    #[derive(Serialize)]
+    struct Push<'a> {
+        message: Message<'a>,
+    }
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        push: Push<'a>,
+    }
+    let mut offsets = gap.offsets.clone();
+    offsets.sort_unstable();
+    let frame = Frame {
+        push: Push {
+            message: Message {
+                data: Data { herald: Herald { gap: GapBody { channel, offsets, unnumbered: gap.unnumbered } } },
+            },
+        },
+    };
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn publication(channel: &str, offset: u64, priority: Priority) -> (Utf8Bytes, Arc<PublicationFrame>) {
+        // Same size for every offset below a million, so the limits below count frames.
+        let pad = " ".repeat(6 - offset.to_string().len());
+        let bytes =
+            Utf8Bytes::from(format!("{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"offset\":{offset}{pad}}}}}}}"));
+        let frame = PublicationFrame { channel: Arc::from(channel), offsets: vec![offset], priority, conflate: None };
+        (bytes, Arc::new(frame))
+    }
+
+    fn frame_size() -> usize {
+        publication("ch", 1, Priority::Normal).0.len()
+    }
+
+    fn offsets_in(batch: &Batch) -> Vec<u64> {
+        batch
+            .frames
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f.as_str()).ok())
+            .filter_map(|v| v["push"]["pub"]["offset"].as_u64())
+            .collect()
+    }
+
+    fn gaps_in(batch: &Batch) -> Vec<u64> {
+        batch
+            .frames
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f.as_str()).ok())
+            .filter_map(|v| v["push"]["message"]["data"]["herald"]["gap"]["offsets"].as_array().cloned())
+            .flatten()
+            .filter_map(|o| o.as_u64())
+            .collect()
+    }
+
+    #[test]
+    fn sheds_low_before_normal_and_never_high() {
+        // Room for exactly four frames.
+        let (handle, _control) = ClientHandle::new("c".into(), frame_size() * 4);
+        let priorities = [Priority::Low, Priority::Normal, Priority::Low, Priority::High];
+        for (i, priority) in priorities.into_iter().enumerate() {
+            let (bytes, p) = publication("ch", i as u64 + 1, priority);
+            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        }
+        // A normal sheds the oldest low (1); another normal sheds the next low (3); a third
+        // normal sheds the oldest normal (5 goes in place of 2).
+        for offset in [5, 6, 7] {
+            let (bytes, p) = publication("ch", offset, Priority::Normal);
+            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        }
+        // A low cannot shed normals or highs: it is shed itself.
+        let (bytes, p) = publication("ch", 8, Priority::Low);
+        assert_eq!(handle.send_publication(bytes, p), Queued::Shed);
+        let batch = handle.try_batch().expect("something is queued");
+        assert_eq!(gaps_in(&batch), vec![1, 2, 3, 8]);
+        assert_eq!(offsets_in(&batch), vec![4, 5, 6, 7]);
+        assert!(!handle.overflowed());
+    }
+
+    #[test]
+    fn a_high_publication_that_cannot_fit_disconnects_the_client() {
+        let (handle, mut control) = ClientHandle::new("c".into(), frame_size() * 2);
+        for offset in [1, 2] {
+            let (bytes, p) = publication("ch", offset, Priority::Critical);
+            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        }
+        let (bytes, p) = publication("ch", 3, Priority::High);
+        assert_eq!(handle.send_publication(bytes, p), Queued::Refused);
+        assert!(handle.overflowed());
+        assert!(matches!(control.try_recv(), Ok(Control::Disconnect(d)) if d.code == Disconnect::SLOW.code));
+        assert!(handle.try_batch().is_none(), "the backlog is dropped; the client recovers it");
+    }
+
+    #[test]
+    fn a_newer_update_replaces_the_queued_one_with_the_same_key() {
+        let (handle, _control) = ClientHandle::new("c".into(), 1 << 20);
+        for (offset, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
+            let (bytes, p) = publication("ch", offset, Priority::Normal);
+            let p = Arc::new(PublicationFrame { conflate: Some(Arc::from(key)), ..(*p).clone() });
+            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        }
+        let batch = handle.try_batch().expect("queued");
+        assert_eq!(offsets_in(&batch), vec![2, 4]);
+        assert!(gaps_in(&batch).is_empty(), "superseded updates are not gaps");
+    }
+
+    #[test]
+    fn replies_are_never_shed_and_written_bytes_free_the_queue() {
+        let (handle, mut control) = ClientHandle::new("c".into(), frame_size() * 2);
+        let (bytes, p) = publication("ch", 1, Priority::Low);
+        handle.send_publication(bytes, p);
+        let reply = || Utf8Bytes::from("x".repeat(frame_size()));
+        assert!(handle.send(reply()));
+        let batch = handle.try_batch().expect("queued");
+        assert_eq!(batch.frames.len(), 2);
+        handle.written(batch.bytes);
+        // Written bytes no longer count: two more fit, and a reply sheds the queued low.
+        let (bytes, p) = publication("ch", 2, Priority::Low);
+        assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        assert!(handle.send(reply()));
+        assert!(handle.send(reply()));
+        let batch = handle.try_batch().expect("queued");
+        assert_eq!(gaps_in(&batch), vec![2]);
+        // Taken but not written still counts: with nothing left to shed, a reply that does not
+        // fit disconnects the client.
+        assert!(!handle.send(reply()));
+        assert!(handle.overflowed());
+        assert!(matches!(control.try_recv(), Ok(Control::Disconnect(_))));
     }
 }

@@ -4,7 +4,7 @@
 use crate::client::Session;
 use crate::metrics;
 use crate::node::{glob_match, Node};
-use crate::outbound::{ClientHandle, Outgoing};
+use crate::outbound::{pack_frames, ClientHandle};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,11 +16,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// Frames larger than this are written alone rather than packed with others.
-const PACK_LIMIT: usize = 64 * 1024;
 
 /// A connection that has not sent `connect` by then is closed as stale.
 const STALE_CLOSE_DELAY: Duration = Duration::from_secs(10);
@@ -64,9 +60,9 @@ async fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) {
     let (sink, mut stream) = socket.split();
     let config = node.config().clone();
     let client_id = uuid::Uuid::new_v4().to_string();
-    let (handle, outgoing, mut control) = ClientHandle::new(client_id, config.client.queue_max_size);
+    let (handle, mut control) = ClientHandle::new(client_id, config.client.queue_max_size);
     let handle = Arc::new(handle);
-    let writer = tokio::spawn(write_loop(sink, outgoing, handle.clone(), config.websocket.write_timeout));
+    let writer = tokio::spawn(write_loop(sink, handle.clone(), config.websocket.write_timeout));
     metrics::connection_opened();
 
     let mut session = Session::new(node.inner.clone(), handle.clone());
@@ -159,64 +155,43 @@ async fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-async fn write_loop(
-    mut sink: Sink,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    handle: Arc<ClientHandle>,
-    timeout: Duration,
-) {
-    let mut close: Option<Disconnect> = None;
-    while close.is_none() {
-        let Some(first) = outgoing.recv().await else { break };
-        let frame = match first {
-            Outgoing::Frame(bytes) => bytes,
-            Outgoing::Close(disconnect) => {
-                close = Some(disconnect);
-                break;
-            }
-        };
-        let mut accounted = frame.len();
-        // Pack whatever else is already queued into the same WebSocket frame. Joining valid
-        // UTF-8 with newlines stays valid, so nothing is validated again.
-        let mut packed: Option<String> = None;
-        while frame.len() + packed.as_ref().map_or(0, String::len) < PACK_LIMIT {
-            match outgoing.try_recv() {
-                Ok(Outgoing::Frame(next)) => {
-                    let buffer = packed.get_or_insert_with(|| {
-                        let mut b = String::with_capacity(frame.len() * 2 + next.len());
-                        b.push_str(frame.as_str());
-                        b
-                    });
-                    buffer.push('\n');
-                    buffer.push_str(next.as_str());
-                    accounted += next.len();
-                }
-                Ok(Outgoing::Close(disconnect)) => {
-                    close = Some(disconnect);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        let text = match packed {
-            Some(buffer) => Utf8Bytes::from(buffer),
-            None => frame,
-        };
+/// Writes what the connection's queue holds, packing everything waiting into one WebSocket frame
+/// (newline-separated, as the protocol allows) so a busy connection costs one write per batch.
+async fn write_loop(mut sink: Sink, handle: Arc<ClientHandle>, timeout: Duration) {
+    loop {
+        let batch = handle.next_batch().await;
         if handle.overflowed() {
-            handle.written(accounted);
+            handle.written(batch.bytes);
+            if batch.close.is_some() {
+                close(&mut sink, batch.close, timeout).await;
+                return;
+            }
             continue;
         }
-        let sent = tokio::time::timeout(timeout, sink.send(Message::Text(text))).await;
-        handle.written(accounted);
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
+        if let Some(text) = pack(batch.frames) {
+            let sent = tokio::time::timeout(timeout, sink.send(Message::Text(text))).await;
+            handle.written(batch.bytes);
+            if !matches!(sent, Ok(Ok(()))) {
                 metrics::disconnect(Disconnect::WRITE_ERROR.code);
                 return;
             }
         }
+        if batch.close.is_some() {
+            close(&mut sink, batch.close, timeout).await;
+            return;
+        }
     }
-    if let Some(disconnect) = close {
+}
+
+fn pack(mut frames: Vec<Utf8Bytes>) -> Option<Utf8Bytes> {
+    if frames.len() <= 1 {
+        return frames.pop();
+    }
+    Some(pack_frames(frames.iter()))
+}
+
+async fn close(sink: &mut Sink, disconnect: Option<Disconnect>, timeout: Duration) {
+    if let Some(disconnect) = disconnect {
         let frame = CloseFrame { code: disconnect.code, reason: Utf8Bytes::from(disconnect.reason.to_string()) };
         let _ = tokio::time::timeout(timeout, sink.send(Message::Close(Some(frame)))).await;
     }

@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use herald_core::protocol::Priority;
+use herald_server::Publish;
 use serde_json::json;
 use std::time::Duration;
 
@@ -405,7 +407,7 @@ async fn ping_pong_keeps_idle_connection_and_silence_gets_3012() {
 }
 
 #[tokio::test]
-async fn slow_client_is_disconnected_with_3008_and_others_carry_on() {
+async fn slow_client_is_disconnected_with_3008_on_high_priority_and_others_carry_on() {
     let mut config = config();
     config.client.queue_max_size = 64 * 1024;
     let server = TestServer::start(config).await;
@@ -430,7 +432,10 @@ async fn slow_client_is_disconnected_with_3008_and_others_carry_on() {
     let big = "x".repeat(16 * 1024);
     let mut disconnected = false;
     for n in 0..2000u32 {
-        server.node.publish_json("firehose", &json!({"n": n, "pad": big})).await.unwrap();
+        // High priority is never shed: a client that cannot take it is disconnected.
+        let mut publish = Publish::json("firehose", &json!({"n": n, "pad": big})).unwrap();
+        publish.priority = Some(Priority::High);
+        server.node.publish(publish).await.unwrap();
         assert_eq!(healthy.publication("firehose").await["data"]["n"], json!(n));
         if server.node.channels("firehose").get("firehose").copied().unwrap_or(0) == 1 {
             disconnected = true;

@@ -1,7 +1,7 @@
 //! How records are kept in the file: JSON, so they stay readable with any tool and a schema
 //! change can be detected rather than misread.
 
-use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Publication, PublicationMeta, RawJson};
+use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Priority, Publication, PublicationMeta, RawJson};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct StoredPublication {
     pub patch_data: Option<RawJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<AckPolicy>,
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,12 +64,21 @@ impl StoredPublication {
             audience: meta.and_then(|m| m.audience.clone()),
             patch_data: meta.and_then(|m| m.patch_data.clone()),
             ack: meta.and_then(|m| m.ack),
+            priority: meta.map_or(Priority::Normal, |m| m.priority),
         }
     }
 
     pub fn into_publication(self) -> Publication {
-        let meta = (self.audience.is_some() || self.patch_data.is_some() || self.ack.is_some())
-            .then(|| Arc::new(PublicationMeta { audience: self.audience, patch_data: self.patch_data, ack: self.ack }));
+        let meta =
+            (self.audience.is_some() || self.patch_data.is_some() || self.ack.is_some() || !self.priority.is_normal())
+                .then(|| {
+                    Arc::new(PublicationMeta {
+                        audience: self.audience,
+                        patch_data: self.patch_data,
+                        ack: self.ack,
+                        priority: self.priority,
+                    })
+                });
         Publication { data: self.data, info: self.info, offset: self.offset, tags: self.tags, time: self.time, meta }
     }
 }

@@ -1,0 +1,228 @@
+//! From the broker to the hub: where a namespace's conflation window and batching window hold
+//! publications back before they fan out, and where each fan-out is counted and tracked for
+//! acknowledgement.
+//!
+//! Channels of namespaces without either option go straight to the hub, so their latency is
+//! unchanged. For the others, each channel has a window guarded by its own lock, held while
+//! publications are handed on, so what leaves a window stays in stream order.
+//!
+//! - Conflation (`conflate_key`, `conflate_window`) throttles a channel: the first publication
+//!   goes out at once and opens a window; during it publications are held, a newer one replacing
+//!   the held one with the same key value; when the window ends what is held goes out in offset
+//!   order and a new window opens, until one passes with nothing held.
+//! - Batching (`batch_max_size`, `batch_max_delay`) holds publications until that many wait or
+//!   the first waited that long, then sends them to each subscriber as one frame.
+
+use crate::acks::AckTracker;
+use crate::engine::BrokerEventHandler;
+use crate::hub::Hub;
+use crate::stats::{Outcome, Stats};
+use herald_config::{Config, NamespaceOptions};
+use herald_core::channel::ChannelName;
+use herald_core::protocol::{ClientInfo, Publication};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+pub(crate) struct HubDelivery {
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+    acks: Arc<AckTracker>,
+    config: Config,
+    /// Where window timers run; without a runtime (a node built outside tokio) nothing is held.
+    runtime: Option<tokio::runtime::Handle>,
+    windows: Mutex<HashMap<String, Arc<Mutex<ChannelWindow>>>>,
+    this: Weak<HubDelivery>,
+}
+
+/// What a channel's windows hold.
+#[derive(Default)]
+struct ChannelWindow {
+    conflation_open: bool,
+    /// Held during the conflation window: at most one per conflation key value.
+    held: Vec<Arc<Publication>>,
+    batch: Vec<Arc<Publication>>,
+    /// Bumped on each batch flush, so a timer set for an earlier batch does nothing.
+    batch_generation: u64,
+}
+
+impl ChannelWindow {
+    fn idle(&self) -> bool {
+        !self.conflation_open && self.held.is_empty() && self.batch.is_empty()
+    }
+}
+
+impl HubDelivery {
+    pub fn new(hub: Arc<Hub>, stats: Arc<Stats>, acks: Arc<AckTracker>, config: Config) -> Arc<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Arc::new_cyclic(|this| Self {
+            hub,
+            stats,
+            acks,
+            config,
+            runtime,
+            windows: Mutex::new(HashMap::new()),
+            this: this.clone(),
+        })
+    }
+
+    fn options(&self, channel: &str) -> Option<&NamespaceOptions> {
+        self.config.namespace_options(ChannelName::parse(channel).namespace)
+    }
+
+    pub fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+        let Some(options) = self.options(channel) else {
+            return self.deliver(channel, &[publication], None);
+        };
+        let conflating = !options.conflate_key.is_empty() && !options.conflate_window.is_zero();
+        let batching = options.batch_max_size > 0 && !options.batch_max_delay.is_zero();
+        if (!conflating && !batching) || self.runtime.is_none() {
+            let key = conflating.then_some(options.conflate_key.as_str());
+            return self.deliver(channel, &[publication], key);
+        }
+        let window = self.window(channel);
+        let mut state = window.lock();
+        if conflating {
+            if state.conflation_open {
+                hold_latest(&mut state.held, publication, &options.conflate_key);
+                return;
+            }
+            state.conflation_open = true;
+            self.after(options.conflate_window, channel, Timer::Conflation);
+        }
+        self.forward(channel, &mut state, options, vec![publication]);
+    }
+
+    /// Hands publications leaving the conflation stage to the batch stage, or to the hub.
+    fn forward(
+        &self,
+        channel: &str,
+        state: &mut ChannelWindow,
+        options: &NamespaceOptions,
+        publications: Vec<Arc<Publication>>,
+    ) {
+        let key = (!options.conflate_key.is_empty()).then_some(options.conflate_key.as_str());
+        if options.batch_max_size == 0 || options.batch_max_delay.is_zero() {
+            // Each on its own, so a slow subscriber's queue can still replace superseded ones.
+            for publication in publications {
+                self.deliver(channel, &[publication], key);
+            }
+            return;
+        }
+        let was_empty = state.batch.is_empty();
+        state.batch.extend(publications);
+        if state.batch.len() >= options.batch_max_size {
+            state.batch_generation += 1;
+            let batch = std::mem::take(&mut state.batch);
+            for chunk in batch.chunks(options.batch_max_size) {
+                self.deliver(channel, chunk, None);
+            }
+        } else if was_empty {
+            self.after(options.batch_max_delay, channel, Timer::Batch(state.batch_generation));
+        }
+    }
+
+    fn on_timer(&self, channel: &str, timer: Timer) {
+        let Some(options) = self.options(channel) else { return };
+        let window = self.window(channel);
+        {
+            let mut state = window.lock();
+            match timer {
+                Timer::Conflation => {
+                    let held = std::mem::take(&mut state.held);
+                    if held.is_empty() {
+                        state.conflation_open = false;
+                    } else {
+                        self.after(options.conflate_window, channel, Timer::Conflation);
+                        self.forward(channel, &mut state, options, held);
+                    }
+                }
+                Timer::Batch(generation) => {
+                    if generation == state.batch_generation && !state.batch.is_empty() {
+                        state.batch_generation += 1;
+                        let batch = std::mem::take(&mut state.batch);
+                        self.deliver(channel, &batch, None);
+                    }
+                }
+            }
+        }
+        self.forget_if_idle(channel, window);
+    }
+
+    fn window(&self, channel: &str) -> Arc<Mutex<ChannelWindow>> {
+        self.windows.lock().entry(channel.to_owned()).or_default().clone()
+    }
+
+    /// Drops an idle channel's window, unless someone else is about to use it: clones are only
+    /// taken under the map lock, so the count cannot grow while it is held.
+    fn forget_if_idle(&self, channel: &str, window: Arc<Mutex<ChannelWindow>>) {
+        let mut windows = self.windows.lock();
+        if Arc::strong_count(&window) == 2 && window.lock().idle() {
+            windows.remove(channel);
+        }
+    }
+
+    fn after(&self, delay: Duration, channel: &str, timer: Timer) {
+        let Some(runtime) = &self.runtime else { return };
+        let this = self.this.clone();
+        let channel = channel.to_owned();
+        runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(delivery) = this.upgrade() {
+                delivery.on_timer(&channel, timer);
+            }
+        });
+    }
+
+    fn deliver(&self, channel: &str, publications: &[Arc<Publication>], conflate_key: Option<&str>) {
+        let outcomes = self.hub.broadcast(channel, publications, conflate_key);
+        for (publication, broadcast) in publications.iter().zip(outcomes) {
+            let outcome = Outcome {
+                subscribers: broadcast.subscribers,
+                delivered: broadcast.delivered,
+                dropped: broadcast.dropped,
+            };
+            self.stats.record(channel, publication, &outcome);
+            if let Some(policy) = publication.meta.as_ref().and_then(|m| m.ack) {
+                self.acks.track(
+                    channel,
+                    publication,
+                    broadcast.recipients,
+                    Duration::from_millis(policy.timeout_ms),
+                    policy.max_retries,
+                );
+            }
+        }
+    }
+}
+
+impl BrokerEventHandler for HubDelivery {
+    fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
+        HubDelivery::handle_publication(self, channel, publication);
+    }
+    fn handle_join(&self, channel: &str, info: &ClientInfo) {
+        self.hub.broadcast_join_leave(channel, "join", info);
+    }
+    fn handle_leave(&self, channel: &str, info: &ClientInfo) {
+        self.hub.broadcast_join_leave(channel, "leave", info);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    Conflation,
+    Batch(u64),
+}
+
+/// Holds `publication`, dropping a held one it supersedes (same value of the `key` tag).
+/// Publications without the tag are all kept. Order stays by offset.
+fn hold_latest(held: &mut Vec<Arc<Publication>>, publication: Arc<Publication>, key: &str) {
+    if let Some(value) = publication.tags.get(key) {
+        if let Some(index) = held.iter().position(|p| p.tags.get(key) == Some(value)) {
+            let superseded = held.remove(index);
+            crate::metrics::shed(superseded.priority(), "conflated");
+        }
+    }
+    held.push(publication);
+}
