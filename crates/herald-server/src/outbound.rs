@@ -1,7 +1,9 @@
 //! What other parts of the node hold of a connection: its outbound queue and a way to tell its
 //! session task to subscribe, unsubscribe or disconnect.
 //!
-//! The queue is bounded in bytes (`client.queue_max_size`). When a client falls behind, the queue
+//! The queue is bounded in bytes (`client.queue_max_size`; the writer holds at most one more
+//! batch of up to [`PACK_LIMIT`] while a write is under way, and an empty queue always takes one
+//! frame, however large, so a big recovery reply fits). When a client falls behind, the queue
 //! degrades in a fixed order instead of growing: an update superseded by a newer one with the same
 //! conflation key is replaced first, then `low` publications are shed (oldest first), then
 //! `normal` ones. `high` and `critical` publications and protocol replies are never shed: when
@@ -90,7 +92,7 @@ struct Gap {
 #[derive(Debug, Default)]
 struct Queue {
     entries: VecDeque<Entry>,
-    /// Bytes queued plus bytes the writer took and has not written yet.
+    /// Bytes queued and not yet taken by the writer.
     bytes: usize,
     /// Queued entries that carry a conflation key; the replace scan runs only when some do.
     conflatable: usize,
@@ -103,8 +105,6 @@ struct Queue {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub frames: Vec<Utf8Bytes>,
-    /// Bytes to report back through [`ClientHandle::written`].
-    pub bytes: usize,
     pub close: Option<Disconnect>,
 }
 
@@ -168,7 +168,8 @@ impl ClientHandle {
             }
         }
         let size = entry.bytes.len();
-        if queue.bytes + size > self.queue_max_bytes {
+        let fits = |queue: &Queue| queue.bytes == 0 || queue.bytes + size <= self.queue_max_bytes;
+        if !fits(&queue) {
             // Shed what this entry outranks or equals, lowest priority and oldest first.
             let ceiling = match &entry.publication {
                 Some(p) if p.priority.sheddable() => p.priority,
@@ -179,12 +180,12 @@ impl ClientHandle {
                     break;
                 }
                 queue.shed(priority, size, self.queue_max_bytes);
-                if queue.bytes + size <= self.queue_max_bytes {
+                if fits(&queue) {
                     break;
                 }
             }
         }
-        if queue.bytes + size > self.queue_max_bytes {
+        if !fits(&queue) {
             match &entry.publication {
                 Some(p) if p.priority.sheddable() => {
                     queue.record_gap(p, ShedReason::QueueFull);
@@ -268,18 +269,11 @@ impl ClientHandle {
             taken += entry.bytes.len();
             batch.frames.push(entry.bytes);
         }
-        // Still counted against the limit until written: the writer holds them meanwhile.
-        batch.bytes = taken;
+        queue.bytes -= taken;
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
         }
         Some(batch)
-    }
-
-    /// Called by the writer once a batch left the process (or was discarded).
-    pub fn written(&self, bytes: usize) {
-        let mut queue = self.queue.lock();
-        queue.bytes = queue.bytes.saturating_sub(bytes);
     }
 
     /// Flush what is queued, then close with this code.
@@ -323,7 +317,7 @@ impl Queue {
     /// Sheds queued publications of exactly `priority`, oldest first, until `incoming` bytes fit.
     fn shed(&mut self, priority: Priority, incoming: usize, limit: usize) {
         let mut index = 0;
-        while index < self.entries.len() && self.bytes + incoming > limit {
+        while index < self.entries.len() && self.bytes > 0 && self.bytes + incoming > limit {
             let matches = self.entries[index].publication.as_ref().is_some_and(|p| p.priority == priority);
             if !matches {
                 index += 1;
@@ -507,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_never_shed_and_written_bytes_free_the_queue() {
+    fn replies_are_never_shed_and_taken_frames_free_the_queue() {
         let (handle, mut control) = ClientHandle::new("c".into(), frame_size() * 2);
         let (bytes, p) = publication("ch", 1, Priority::Low);
         handle.send_publication(bytes, p);
@@ -515,18 +509,21 @@ mod tests {
         assert!(handle.send(reply()));
         let batch = handle.try_batch().expect("queued");
         assert_eq!(batch.frames.len(), 2);
-        handle.written(batch.bytes);
-        // Written bytes no longer count: two more fit, and a reply sheds the queued low.
+        // Taken frames no longer count: two more fit, and a reply sheds the queued low.
         let (bytes, p) = publication("ch", 2, Priority::Low);
         assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
         assert!(handle.send(reply()));
         assert!(handle.send(reply()));
-        let batch = handle.try_batch().expect("queued");
-        assert_eq!(gaps_in(&batch), vec![2]);
-        // Taken but not written still counts: with nothing left to shed, a reply that does not
-        // fit disconnects the client.
+        // With nothing left to shed, a reply that does not fit disconnects the client.
         assert!(!handle.send(reply()));
         assert!(handle.overflowed());
         assert!(matches!(control.try_recv(), Ok(Control::Disconnect(_))));
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_frame_larger_than_the_limit() {
+        let (handle, _control) = ClientHandle::new("c".into(), 16);
+        assert!(handle.send(Utf8Bytes::from("r".repeat(1000))), "a large recovery reply still goes out");
+        assert!(!handle.send(Utf8Bytes::from("more")));
     }
 }

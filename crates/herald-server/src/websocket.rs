@@ -161,7 +161,6 @@ async fn write_loop(mut sink: Sink, handle: Arc<ClientHandle>, timeout: Duration
     loop {
         let batch = handle.next_batch().await;
         if handle.overflowed() {
-            handle.written(batch.bytes);
             if batch.close.is_some() {
                 close(&mut sink, batch.close, timeout).await;
                 return;
@@ -170,7 +169,6 @@ async fn write_loop(mut sink: Sink, handle: Arc<ClientHandle>, timeout: Duration
         }
         if let Some(text) = pack(batch.frames) {
             let sent = tokio::time::timeout(timeout, sink.send(Message::Text(text))).await;
-            handle.written(batch.bytes);
             if !matches!(sent, Ok(Ok(()))) {
                 metrics::disconnect(Disconnect::WRITE_ERROR.code);
                 return;

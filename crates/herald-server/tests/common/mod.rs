@@ -194,6 +194,33 @@ impl Client {
         Self { socket, next_id: 0, inbox: VecDeque::new(), closed: None, auto_pong: true, pings_seen: 0 }
     }
 
+    /// A client whose socket takes little from the network before the server must queue: with
+    /// it, a client that stops reading backs up into the server's queue quickly.
+    pub async fn open_with_small_receive_buffer(url: &str) -> Self {
+        let address = url.trim_start_matches("ws://").split('/').next().expect("host:port");
+        let address: SocketAddr = address.parse().expect("a loopback socket address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("receive buffer");
+        let stream = socket.connect(address).await.expect("tcp connect");
+        let (socket, _) =
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("websocket handshake");
+        Self { socket, next_id: 0, inbox: VecDeque::new(), closed: None, auto_pong: true, pings_seen: 0 }
+    }
+
+    /// The next text frame exactly as the server sent it (several messages may share one).
+    pub async fn next_text_frame(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame from the server within {WAIT:?}"))
+                .expect("connection open")
+                .expect("frame");
+            if let Message::Text(text) = message {
+                return text.to_string();
+            }
+        }
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.socket.send(Message::Text(text.to_owned().into())).await.expect("send");
     }
@@ -284,6 +311,11 @@ impl Client {
             }
         }
         self.closed.take().expect("close frame")
+    }
+
+    /// Takes the oldest received message not yet consumed.
+    pub fn next_pending(&mut self) -> Option<Value> {
+        self.inbox.pop_front()
     }
 
     /// The frames received and not yet consumed.
