@@ -208,6 +208,7 @@ impl ClientHandle {
         if entry.publication.as_ref().is_some_and(|p| p.conflate.is_some()) {
             queue.conflatable += 1;
         }
+        let was_idle = queue.entries.is_empty() && queue.gaps.is_empty();
         queue.bytes += size;
         queue.entries.push_back(entry);
         let over = queue.gap_overflowed();
@@ -216,7 +217,11 @@ impl ClientHandle {
             self.overflow();
             return Queued::Refused;
         }
-        self.ready.notify_one();
+        // The writer only waits on an empty queue, and a notification it has not waited for yet
+        // is kept for it: one wake per empty-to-busy change is enough.
+        if was_idle {
+            self.ready.notify_one();
+        }
         Queued::Yes
     }
 
