@@ -71,9 +71,19 @@ fn to_raw<T: Serialize>(value: &T) -> Outcome {
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| {
-        CallError::MalformedBody(ProtocolError::bad_request().with_message(format!("invalid request: {e}")))
-    })
+    // The field's path makes the message actionable: `priority: unknown variant "urgent"...`.
+    let malformed = |message: String| CallError::MalformedBody(ProtocolError::bad_request().with_message(message));
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        malformed(if path == "." {
+            format!("invalid request: {}", e.inner())
+        } else {
+            format!("invalid request: {path}: {}", e.inner())
+        })
+    })?;
+    deserializer.end().map_err(|e| malformed(format!("invalid request: {e}")))?;
+    Ok(value)
 }
 
 pub async fn handler(

@@ -43,6 +43,13 @@ async fn bad_requests() {
     assert_eq!(answer["error"]["code"], json!(102));
     let answer = server.api("history", json!({"channel": "nohistory:x"})).await;
     assert_eq!(answer["error"]["code"], json!(102));
+    let (status, body) =
+        raw_post(&server, "publish", Some(API_KEY), r#"{"channel": "news", "data": {}, "priority": "urgent"}"#).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], json!(107));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("priority")), "{body}");
+    let answer = server.api("publish", json!({"channel": "news", "data": {}, "priority": "low"})).await;
+    assert!(answer.get("result").is_some(), "{answer}");
 }
 
 #[tokio::test]

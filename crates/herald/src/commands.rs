@@ -130,6 +130,9 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
     if let Some(key) = args.idempotency_key {
         body["idempotency_key"] = json!(key);
     }
+    if let Some(priority) = args.priority {
+        body["priority"] = json!(priority);
+    }
     let url = format!("{}/api/publish", args.url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().post(&url).json(&body);
     if let Some(key) = &args.api_key {

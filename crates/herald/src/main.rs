@@ -73,6 +73,10 @@ pub struct PublishArgs {
     /// Deduplicates repeated publishes with the same key for 5 minutes.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// What a subscriber that falls behind still gets: critical and high are never shed, low is
+    /// shed first (default: the namespace's default_priority).
+    #[arg(long, value_parser = ["critical", "high", "normal", "low"])]
+    pub priority: Option<String>,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
