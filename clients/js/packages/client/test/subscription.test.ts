@@ -1,0 +1,184 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { HeraldPublication } from '../src/subscription.js';
+import { optionsIdentity, subscribeData } from '../src/subscription.js';
+import { parseGapSignal, offsetsFromRanges, historyRequestForGap } from '../src/gaps.js';
+import { fakeSubscription, until } from './fakes.js';
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+function collect(subscription: ReturnType<typeof fakeSubscription>['subscription']) {
+  const received: HeraldPublication[] = [];
+  subscription.on('publication', (publication) => received.push(publication));
+  return received;
+}
+
+describe('subscribe request', () => {
+  it('puts Herald settings under data.herald next to the caller data', () => {
+    expect(subscribeData({})).toBeUndefined();
+    expect(
+      subscribeData({ changes: 'patch', filters: [{ path: '/new/project', cmp: 'eq', val: 'p1' }], resume: true, data: { app: 1 } }),
+    ).toEqual({ app: 1, herald: { changes: 'patch', filters: [{ path: '/new/project', cmp: 'eq', val: 'p1' }], resume: true } });
+    const { sdk } = fakeSubscription('c', { changes: 'patch', joinLeave: false });
+    expect(sdk.options).toMatchObject({ data: { herald: { changes: 'patch' } }, joinLeave: false, recoverable: true });
+    expect(optionsIdentity({ changes: 'patch' })).not.toBe(optionsIdentity({}));
+    expect(optionsIdentity({ changes: 'full' })).toBe(optionsIdentity({}));
+  });
+});
+
+describe('delivery', () => {
+  it('drops redeliveries of an offset, marks recovered ones, and parses change envelopes', () => {
+    const { sdk, subscription, host } = fakeSubscription();
+    const received = collect(subscription);
+    sdk.subscribed({ streamPosition: { offset: 4, epoch: 'e1' } });
+    sdk.publish(5, { text: 'a' });
+    sdk.publish(5, { text: 'a' });
+    sdk.publish(4, { text: 'old' });
+    sdk.subscribed({ wasRecovering: true, recovered: true, streamPosition: { offset: 5, epoch: 'e1' } }, [
+      { channel: 'tasks', data: { text: 'a' }, offset: 5 },
+      { channel: 'tasks', data: { entity_type: 't', entity_id: '1', change_type: 'delete', changed_fields: [], patch: [] }, offset: 6 },
+    ]);
+    expect(received.map((p) => [p.offset, p.source])).toEqual([
+      [5, 'live'],
+      [6, 'recovery'],
+    ]);
+    expect(received[1]?.change?.change_type).toBe('delete');
+    expect(subscription.lastOffset).toBe(6);
+    expect(host.messages).toBe(2);
+  });
+
+  it('says to resync when recovery failed, and starts counting from the new position', () => {
+    const { sdk, subscription } = fakeSubscription();
+    const reasons: string[] = [];
+    subscription.on('resync', (event) => reasons.push(event.reason));
+    const received = collect(subscription);
+    sdk.subscribed({ streamPosition: { offset: 10, epoch: 'e1' } });
+    sdk.publish(11, 'x');
+    sdk.subscribed({ wasRecovering: true, recovered: false, streamPosition: { offset: 3, epoch: 'e2' } });
+    sdk.publish(4, 'after restart');
+    expect(reasons).toEqual(['recovery failed: publications since the last position are no longer available']);
+    expect(received.map((p) => p.data)).toEqual(['x', 'after restart']);
+    expect(subscription.epoch).toBe('e2');
+  });
+});
+
+describe('acknowledgements', () => {
+  it('auto mode folds publications into one cumulative herald.ack and acks again on redelivery', async () => {
+    vi.useFakeTimers();
+    const { sdk, subscription, host } = fakeSubscription('orders', { ack: 'auto', ackDelayMs: 10 });
+    const acks: number[] = [];
+    subscription.on('ack', (event) => acks.push(event.offset));
+    sdk.subscribed();
+    sdk.publish(1, 'a');
+    sdk.publish(2, 'b');
+    sdk.publish(3, 'c');
+    await vi.advanceTimersByTimeAsync(10);
+    expect(host.rpcs).toEqual([{ method: 'herald.ack', data: { channel: 'orders', offset: 3 } }]);
+    // The server retries offset 2 (our ack crossed it): it is not delivered again, but confirmed.
+    sdk.publish(2, 'b');
+    await vi.advanceTimersByTimeAsync(10);
+    expect(host.rpcs.map((r) => (r.data as { offset: number }).offset)).toEqual([3, 3]);
+    expect(acks).toEqual([3, 3]);
+  });
+
+  it('reports a failed ack without throwing and acks again after resubscribing', async () => {
+    vi.useFakeTimers();
+    const { sdk, subscription, host } = fakeSubscription('orders', { ack: 'auto', ackDelayMs: 0 });
+    const errors: string[] = [];
+    subscription.on('error', (event) => errors.push(event.error.message));
+    host.rpcAnswer = async () => {
+      throw { code: 108, message: 'method not found' };
+    };
+    sdk.subscribed();
+    sdk.publish(1, 'a');
+    await vi.advanceTimersByTimeAsync(1);
+    expect(errors).toEqual(['herald.ack 1 failed: 108 method not found']);
+    host.rpcAnswer = async () => ({ data: { acknowledged: 1 } });
+    sdk.subscribed({ wasRecovering: true, recovered: true, streamPosition: { offset: 1, epoch: 'e1' } });
+    await vi.advanceTimersByTimeAsync(1);
+    expect(host.rpcs.length).toBe(2);
+  });
+
+  it('manual ack validates the offset and returns what the server confirmed', async () => {
+    const { subscription, host } = fakeSubscription('orders', { ack: 'manual' });
+    host.rpcAnswer = async () => ({ data: { acknowledged: 2 } });
+    await expect(subscription.ack(7)).resolves.toBe(2);
+    await expect(subscription.ack(0)).rejects.toThrow(/positive integer/);
+    expect(host.rpcs).toEqual([{ method: 'herald.ack', data: { channel: 'orders', offset: 7 } }]);
+  });
+});
+
+describe('gaps', () => {
+  it('parses the signal and refuses malformed ones', () => {
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [5, 3, 3] } } })).toEqual({ channel: 'c', offsets: [3, 5] });
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', ranges: [[2, 4]] } } })).toEqual({ channel: 'c', offsets: [2, 3, 4] });
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [-1] } } })).toBeNull();
+    expect(parseGapSignal({ herald: { gap: { offsets: [1] } } })).toBeNull();
+    expect(parseGapSignal({ text: 'hello' })).toBeNull();
+    expect(() => offsetsFromRanges([[1, 1e9]])).toThrow(/resync instead/);
+    expect(historyRequestForGap({ channel: 'c', offsets: [3, 5] }, 'e')).toEqual({ since: { offset: 2, epoch: 'e' }, limit: 3 });
+  });
+
+  it('fills a gap from history and holds live publications until it is filled', async () => {
+    const { sdk, subscription } = fakeSubscription();
+    const received = collect(subscription);
+    sdk.subscribed({ streamPosition: { offset: 0, epoch: 'e1' } });
+    sdk.publish(1, 'one');
+    sdk.publish(4, 'four');
+    let answer: () => void = () => {};
+    sdk.historyAnswer = (request) =>
+      new Promise((resolve) => {
+        answer = () =>
+          resolve({
+            // History may hold more than the gap (here offset 4, already delivered).
+            publications: [2, 3, 4].map((offset) => ({ channel: 'tasks', data: `h${offset}`, offset })),
+            offset: 5,
+            epoch: 'e1',
+          });
+        expect(request).toEqual({ since: { offset: 1, epoch: 'e1' }, limit: 2 });
+      });
+    const filling = subscription.handleGap({ channel: 'tasks', offsets: [2, 3] });
+    sdk.publish(5, 'five');
+    expect(received.map((p) => p.offset)).toEqual([1, 4]);
+    answer();
+    await filling;
+    expect(received.map((p) => [p.offset, p.source])).toEqual([
+      [1, 'live'],
+      [4, 'live'],
+      [2, 'gap'],
+      [3, 'gap'],
+      [5, 'live'],
+    ]);
+  });
+
+  it('asks to resync when history cannot fill the gap', async () => {
+    const { sdk, subscription } = fakeSubscription();
+    const reasons: string[] = [];
+    subscription.on('resync', (event) => reasons.push(event.reason));
+    sdk.subscribed();
+    sdk.historyAnswer = async () => {
+      throw { code: 112, message: 'unrecoverable position' };
+    };
+    await subscription.handleGap({ channel: 'tasks', offsets: [7] });
+    expect(reasons).toEqual(['gap at offsets 7 could not be filled: history of tasks: 112 unrecoverable position']);
+  });
+
+  it('uses a custom onGap and skips offsets already delivered', async () => {
+    const asked: number[][] = [];
+    const { sdk, subscription } = fakeSubscription('tasks', {
+      onGap: async (gap) => {
+        asked.push(gap.offsets);
+        return [{ channel: 'tasks', data: 'from the app', offset: 2 }];
+      },
+    });
+    const received = collect(subscription);
+    sdk.subscribed();
+    sdk.publish(1, 'one');
+    sdk.publish(3, 'three');
+    await subscription.handleGap({ channel: 'tasks', offsets: [1, 2] });
+    await until(() => received.length === 3, 'the filled publication');
+    expect(asked).toEqual([[2]]);
+    expect(received.map((p) => p.data)).toEqual(['one', 'three', 'from the app']);
+  });
+});
