@@ -6,10 +6,10 @@ import type { Centrifuge } from 'centrifuge';
 import { ReconnectBackoff } from './backoff.js';
 import { Emitter } from './emitter.js';
 
-export type ConnectionStatus = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'disconnected';
+export type HeraldConnectionStatus = 'connecting' | 'live' | 'reconnecting' | 'offline' | 'disconnected';
 
 export interface ConnectionState {
-  status: ConnectionStatus;
+  status: HeraldConnectionStatus;
   /** Failed attempts since the connection was last live. */
   attempt: number;
   /** When the next connection attempt starts (ms since the epoch); null when none is scheduled. */
@@ -137,7 +137,7 @@ export class ConnectionMonitor {
     return true;
   }
 
-  private statusWhileConnecting(): ConnectionStatus {
+  private statusWhileConnecting(): HeraldConnectionStatus {
     if (this.offline) return 'offline';
     return this.everLive ? 'reconnecting' : 'connecting';
   }

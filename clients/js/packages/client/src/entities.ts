@@ -115,6 +115,8 @@ export interface EntityStoreOptions<T> extends EntityReducerOptions<T> {
 }
 
 export interface EntityStoreState<T> extends EntityState<T> {
+  /** Whether the subscription is up (changes flow). */
+  subscribed: boolean;
   /** True while a snapshot is being loaded. */
   loading: boolean;
   /** The last load failure (cleared by a successful load). */
@@ -141,7 +143,7 @@ export function snapshotToMap<T>(snapshot: EntitySnapshot<T>, getId: (entity: T)
  * React's `useSyncExternalStore` wants).
  */
 export class EntityStore<T = unknown> {
-  private state: EntityStoreState<T> = { ...emptyEntityState<T>(), loading: false, loadError: null };
+  private state: EntityStoreState<T> = { ...emptyEntityState<T>(), subscribed: false, loading: false, loadError: null };
   private readonly events = new Emitter<{ change: EntityStoreState<T> }>();
   private held: { envelope: ChangeEnvelope<T>; offset?: number }[] = [];
   private loadGeneration = 0;
@@ -154,7 +156,10 @@ export class EntityStore<T = unknown> {
   ) {
     this.detach.push(
       subscription.on('publication', (publication) => this.onPublication(publication)),
+      subscription.on('subscribing', () => this.set({ ...this.state, subscribed: false })),
+      subscription.on('unsubscribed', () => this.set({ ...this.state, subscribed: false })),
       subscription.on('subscribed', (ctx) => {
+        this.set({ ...this.state, subscribed: true });
         if (!ctx.wasRecovering || !ctx.recovered) {
           // First subscribe, or the stream could not be recovered: what we hold may be missing
           // changes, so start again from a snapshot.
@@ -163,7 +168,10 @@ export class EntityStore<T = unknown> {
       }),
       subscription.on('resync', ({ reason }) => this.markStale(reason)),
     );
-    if (subscription.isSubscribed()) void this.reload('initial load');
+    if (subscription.isSubscribed()) {
+      this.state = { ...this.state, subscribed: true };
+      void this.reload('initial load');
+    }
   }
 
   getState = (): EntityStoreState<T> => this.state;

@@ -27,7 +27,7 @@ export {
   type EntityStoreState,
 } from './entities.js';
 export { PresenceStore, applyMemberEvents, presenceState, type PresenceState } from './presence.js';
-export { ConnectionMonitor, type ConnectionMonitorOptions, type ConnectionState, type ConnectionStatus } from './connection.js';
+export { ConnectionMonitor, type ConnectionMonitorOptions, type ConnectionState, type HeraldConnectionStatus } from './connection.js';
 export { ReconnectBackoff, secondsUntil, type BackoffOptions } from './backoff.js';
 export { parseGapSignal, normalizeOffsets, offsetsFromRanges, publicationsForGap, historyRequestForGap, type Gap } from './gaps.js';
 export { Emitter, type Listener } from './emitter.js';

@@ -1,0 +1,204 @@
+// The packages in a real browser (Debian's Chromium, headless) against a real `herald serve`:
+// the test page uses the built standalone bundle of @herald/react.
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { expect, test, type Page } from '@playwright/test';
+import {
+  ARTIFACTS,
+  api,
+  connectionToken,
+  startHerald,
+  startStaticServer,
+  waitForSubscribers,
+  type Herald,
+  type StaticServer,
+} from './harness.js';
+
+let herald: Herald;
+let site: StaticServer;
+
+test.beforeAll(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  site = await startStaticServer();
+  herald = await startHerald();
+});
+
+test.afterAll(async () => {
+  await herald?.dispose();
+  await site?.close();
+});
+
+function pageUrl(target: Herald, query: Record<string, string>): string {
+  const user = query.user ?? 'alice';
+  const params = new URLSearchParams({ ws: target.ws, token: connectionToken(user), user, ...query });
+  return `${site.url}/app.html?${params}`;
+}
+
+/** Fails the test on any error the page logs or throws. */
+function watchErrors(page: Page): string[] {
+  const errors: string[] = [];
+  page.on('pageerror', (error) => errors.push(`pageerror: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') errors.push(`console.error: ${message.text()}`);
+  });
+  return errors;
+}
+
+const status = (page: Page) => page.locator('.herald-status');
+
+async function screenshot(page: Page, name: string) {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+test('the status shows live, and a publication made with the HTTP API appears', async ({ page }) => {
+  const errors = watchErrors(page);
+  await page.goto(pageUrl(herald, { feed: 'news' }));
+  await expect(status(page)).toHaveAttribute('data-status', 'live');
+  await expect(status(page).locator('.herald-status__label')).toHaveText('Live');
+  await expect(status(page).locator('.herald-status__count')).toHaveText('0 messages');
+  await expect(page.getByTestId('feed')).toHaveAttribute('data-state', 'subscribed');
+  await waitForSubscribers(herald, 'news', 1);
+
+  const published = await api<{ offset: number }>(herald, 'publish', { channel: 'news', data: { text: 'hello from the API' } });
+  const item = page.locator(`[data-testid=feed] li[data-offset="${published.offset}"]`);
+  await expect(item).toContainText('hello from the API');
+  await expect(item).toHaveAttribute('data-source', 'live');
+  await expect(status(page).locator('.herald-status__count')).toHaveText('1 message');
+  await expect(status(page).locator('.herald-status__last')).toContainText('last update');
+  await screenshot(page, 'live-feed');
+  expect(errors).toEqual([]);
+});
+
+type Task = { title: string; status: string };
+
+test('useEntities builds the same collection from publish_change in full and in patch form', async ({ page }) => {
+  const errors = watchErrors(page);
+  const channels = { full: 'tasks-full', patch: 'tasks-patch' } as const;
+  // What the application's own API says exists before the page subscribes.
+  const existing = { id: 't0', title: 'Existing task', status: 'open' };
+  site.snapshots.set(channels.full, [existing]);
+  site.snapshots.set(channels.patch, [existing]);
+  await page.goto(pageUrl(herald, { tasks: `${channels.full}:full,${channels.patch}:patch` }));
+  for (const form of ['full', 'patch'] as const) {
+    const section = page.getByTestId(`tasks-${form}`);
+    await expect(section).toHaveAttribute('data-subscribed', 'true');
+    await expect(section).toHaveAttribute('data-loading', 'false');
+    await expect(section).toHaveAttribute('data-count', '1');
+    await waitForSubscribers(herald, channels[form], 1);
+  }
+
+  const change = (channel: string, body: Record<string, unknown>) =>
+    api(herald, 'publish_change', { channel, entity_type: 'task', ...body });
+  const t1: Task = { title: 'Write docs', status: 'open' };
+  const t2: Task = { title: 'Review', status: 'open' };
+  for (const channel of Object.values(channels)) {
+    await change(channel, { entity_id: 't1', change_type: 'create', new: t1 });
+    await change(channel, { entity_id: 't2', change_type: 'create', new: t2 });
+    await change(channel, { entity_id: 't1', change_type: 'update', old: t1, new: { ...t1, status: 'done' } });
+    // The patch form can only apply this on top of the loaded snapshot.
+    await change(channel, { entity_id: 't0', change_type: 'update', old: existing, new: { title: existing.title, status: 'blocked' } });
+    await change(channel, { entity_id: 't2', change_type: 'delete', old: t2 });
+    await change(channel, { entity_id: 't3', change_type: 'create', new: { title: 'Ship it', status: 'open' } });
+    // Another entity type on the channel: the collection ignores it.
+    await api(herald, 'publish_change', { channel, entity_type: 'doc', entity_id: 'd1', change_type: 'create', new: { title: 'x' } });
+    await change(channel, { change_type: 'bulk', summary: { archive_status: 'done' } });
+  }
+
+  const expected = [
+    ['t0', 'Existing task', 'blocked'],
+    ['t3', 'Ship it', 'open'],
+  ];
+  for (const form of ['full', 'patch'] as const) {
+    const section = page.getByTestId(`tasks-${form}`);
+    await expect(section).toHaveAttribute('data-changes', '7');
+    const rows = section.locator('tbody tr');
+    await expect(rows).toHaveCount(expected.length);
+    for (const [index, [id, title, state]] of expected.entries()) {
+      await expect(rows.nth(index).locator('td')).toHaveText([id as string, title as string, state as string]);
+    }
+    await expect(section).toHaveAttribute('data-stale', '');
+  }
+  await screenshot(page, 'entities');
+  expect(errors).toEqual([]);
+});
+
+test('usePresence counts two pages and follows a leave', async ({ browser }) => {
+  const alice = await browser.newPage();
+  const bob = await browser.newPage();
+  const errors = [...watchErrors(alice), ...watchErrors(bob)];
+  try {
+    await alice.goto(pageUrl(herald, { presence: 'room', user: 'alice' }));
+    await expect(alice.getByTestId('presence')).toHaveAttribute('data-clients', '1');
+    await bob.goto(pageUrl(herald, { presence: 'room', user: 'bob' }));
+    for (const page of [alice, bob]) {
+      await expect(page.getByTestId('presence')).toHaveAttribute('data-clients', '2');
+      await expect(page.getByTestId('presence')).toHaveAttribute('data-users', '2');
+      await expect(page.getByTestId('presence').locator('li')).toHaveText(['alice', 'bob']);
+    }
+    await screenshot(alice, 'presence-two-pages');
+    await bob.close();
+    await expect(alice.getByTestId('presence')).toHaveAttribute('data-clients', '1');
+    await expect(alice.getByTestId('presence').locator('li')).toHaveText(['alice']);
+  } finally {
+    await alice.close();
+    if (!bob.isClosed()) await bob.close();
+  }
+  expect(errors).toEqual([]);
+});
+
+test('after the server restarts the page shows reconnecting with a countdown, then live, and recovers what it missed', async ({ page }) => {
+  const errors = watchErrors(page);
+  let server = await startHerald();
+  try {
+    // Connections pass through unchanged, except while `refuse` is set: then the page's
+    // attempts are closed at once, so that it stays away while the test publishes after the
+    // restart (it must catch up by recovery, not by luck of timing).
+    let refuse = false;
+    await page.routeWebSocket(/\/connection\/websocket/, (ws) => {
+      if (refuse) {
+        ws.close({ code: 1011, reason: 'held back by the test' });
+        return;
+      }
+      ws.connectToServer();
+    });
+    await page.goto(pageUrl(server, { feed: 'news', minDelay: '1000', maxDelay: '3000' }));
+    await expect(status(page)).toHaveAttribute('data-status', 'live');
+    await waitForSubscribers(server, 'news', 1);
+    for (const text of ['one', 'two']) await api(server, 'publish', { channel: 'news', data: { text } });
+    await expect(page.locator('[data-testid=feed] li')).toHaveCount(2);
+
+    refuse = true;
+    const { port, dataDir } = server;
+    await server.stop();
+    await expect(status(page)).toHaveAttribute('data-status', 'reconnecting');
+    await expect(status(page).locator('.herald-status__detail')).toHaveText(/^retrying in \d+s \(attempt \d+\)$/);
+    const nextRetryAt = Number(await status(page).getAttribute('data-next-retry-at'));
+    expect(nextRetryAt).toBeGreaterThan(Date.now() - 1000);
+    await screenshot(page, 'reconnecting');
+
+    // The same port and store: history and the stream position survive the restart.
+    server = await startHerald({ port, dataDir });
+    const missed: number[] = [];
+    for (const text of ['three', 'four', 'five']) {
+      missed.push((await api<{ offset: number }>(server, 'publish', { channel: 'news', data: { text } })).offset);
+    }
+    refuse = false;
+    await expect(status(page)).toHaveAttribute('data-status', 'live', { timeout: 15_000 });
+    await expect(page.getByTestId('recovered')).toHaveText('true');
+    const items = page.locator('[data-testid=feed] li');
+    await expect(items).toHaveCount(5);
+    await expect(items).toHaveText([/^one/, /^two/, /^three/, /^four/, /^five/]);
+    for (const offset of missed) {
+      await expect(page.locator(`[data-testid=feed] li[data-offset="${offset}"]`)).toHaveAttribute('data-source', 'recovery');
+    }
+    await expect(status(page).locator('.herald-status__count')).toHaveText('5 messages');
+    // And live again after the recovery.
+    await api(server, 'publish', { channel: 'news', data: { text: 'six' } });
+    await expect(items).toHaveCount(6);
+    await expect(items.last()).toHaveAttribute('data-source', 'live');
+    await screenshot(page, 'recovered');
+  } finally {
+    await server.dispose();
+  }
+  expect(errors.filter((e) => !/WebSocket/.test(e))).toEqual([]);
+});
