@@ -19,8 +19,22 @@ export const ARTIFACTS = path.join(CLIENTS_JS, 'test-artifacts');
 export const SECRET = 'browser-test-hmac-secret';
 export const API_KEY = 'browser-test-api-key';
 
-/** Channels without a namespace: everything the hooks use (history, recovery, presence, join/leave). */
+/**
+ * Channels without a namespace: everything the hooks use (history, recovery, presence, join/leave);
+ * `orders:` channels also require acknowledgements.
+ */
 export function heraldConfig() {
+  const open = {
+    presence: true,
+    join_leave: true,
+    history_size: 100,
+    history_ttl: '300s',
+    allow_recovery: true,
+    force_recovery: true,
+    allow_subscribe_for_client: true,
+    allow_presence_for_subscriber: true,
+    allow_history_for_subscriber: true,
+  };
   return {
     client: {
       token: { hmac_secret_key: SECRET },
@@ -29,17 +43,9 @@ export function heraldConfig() {
     },
     http_api: { key: API_KEY },
     channel: {
-      without_namespace: {
-        presence: true,
-        join_leave: true,
-        history_size: 100,
-        history_ttl: '300s',
-        allow_recovery: true,
-        force_recovery: true,
-        allow_subscribe_for_client: true,
-        allow_presence_for_subscriber: true,
-        allow_history_for_subscriber: true,
-      },
+      without_namespace: open,
+      // Acknowledged delivery, with retries quick enough for a test.
+      namespaces: [{ name: 'orders', ...open, require_ack: true, ack_timeout: '300ms', ack_max_retries: 3 }],
     },
   };
 }

@@ -9,6 +9,7 @@ import {
   connectionToken,
   startHerald,
   startStaticServer,
+  waitFor,
   waitForSubscribers,
   type Herald,
   type StaticServer,
@@ -201,4 +202,39 @@ test('after the server restarts the page shows reconnecting with a countdown, th
     await server.dispose();
   }
   expect(errors.filter((e) => !/WebSocket/.test(e))).toEqual([]);
+});
+
+test('acknowledgements: the auto-acking page is confirmed; the silent one is retried with the same offset and shows it once', async ({ browser }) => {
+  const channel = 'orders:eu';
+  const acking = await browser.newPage();
+  const silent = await browser.newPage();
+  const errors = [...watchErrors(acking), ...watchErrors(silent)];
+  try {
+    await acking.goto(pageUrl(herald, { feed: channel, ack: 'auto', user: 'alice' }));
+    await silent.goto(pageUrl(herald, { feed: channel, ack: 'manual', user: 'bob' }));
+    await waitForSubscribers(herald, channel, 2);
+    const { offset } = await api<{ offset: number }>(herald, 'publish', { channel, data: { text: 'order 1' } });
+
+    type Recipient = { user: string; state: string; retries: number };
+    type Status = { acked: Recipient[]; pending: Recipient[]; expired: Recipient[] };
+    let delivery: Status = { acked: [], pending: [], expired: [] };
+    await waitFor(
+      async () => {
+        delivery = await api<Status>(herald, 'delivery_status', { channel, offset });
+        const bob = [...delivery.pending, ...delivery.expired].find((r) => r.user === 'bob');
+        return delivery.acked.some((r) => r.user === 'alice') && (bob?.retries ?? 0) >= 2;
+      },
+      'alice acknowledged and bob retried twice',
+      15000,
+    );
+    expect(delivery.acked.map((r) => r.user)).toEqual(['alice']);
+    for (const page of [acking, silent]) {
+      await expect(page.getByTestId('feed')).toHaveAttribute('data-count', '1');
+      await expect(page.locator(`[data-testid=feed] li[data-offset="${offset}"]`)).toHaveCount(1);
+    }
+  } finally {
+    await acking.close();
+    await silent.close();
+  }
+  expect(errors).toEqual([]);
 });

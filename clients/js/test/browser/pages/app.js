@@ -1,6 +1,6 @@
 // The test page: one HeraldClient, the status bar, and the sections the query asks for:
 //   ?ws=URL&token=JWT&user=NAME&feed=CHANNEL&tasks=CHANNEL:full,CHANNEL:patch&presence=CHANNEL
-//   &minDelay=MS&maxDelay=MS
+//   &ack=auto|manual|off&minDelay=MS&maxDelay=MS
 import {
   html,
   createRoot,
@@ -20,8 +20,8 @@ const client = new HeraldClient({
   maxReconnectDelay: Number(params.get('maxDelay') ?? 20000),
 });
 
-function Feed({ channel }) {
-  const feed = useSubscription(channel, { keep: 100 });
+function Feed({ channel, ack }) {
+  const feed = useSubscription(channel, { keep: 100, ack });
   return html`
     <section data-testid="feed" data-state=${feed.state} data-count=${feed.count}>
       <h2>Feed: ${channel}</h2>
@@ -107,7 +107,7 @@ function App() {
         <${ConnectionStatus} />
       </header>
       <main>
-        ${feed ? html`<${Feed} channel=${feed} />` : ''}
+        ${feed ? html`<${Feed} channel=${feed} ack=${params.get('ack') ?? 'off'} />` : ''}
         ${tasks.map((spec) => {
           const [channel, form] = spec.split(':');
           return html`<${Tasks} key=${spec} channel=${channel} form=${form ?? 'full'} />`;
