@@ -238,3 +238,32 @@ test('acknowledgements: the auto-acking page is confirmed; the silent one is ret
   }
   expect(errors).toEqual([]);
 });
+
+test('the plain @herald/client bundle works without React, acks, and shows offline while the network is down', async ({ browser }) => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  try {
+    const params = new URLSearchParams({ ws: herald.ws, token: connectionToken('carol'), feed: 'plain' });
+    await page.goto(`${site.url}/plain.html?${params}`);
+    const state = page.locator('#status');
+    await expect(state).toHaveAttribute('data-status', 'live');
+    await waitForSubscribers(herald, 'plain', 1);
+    const { offset } = await api<{ offset: number }>(herald, 'publish', { channel: 'plain', data: { text: 'no framework' } });
+    await expect(page.locator(`#feed li[data-offset="${offset}"]`)).toHaveText('no framework');
+    await expect(page.locator('body')).toHaveAttribute('data-last-ack', String(offset));
+
+    await context.setOffline(true);
+    await expect(state).toHaveAttribute('data-status', 'offline');
+    await screenshot(page, 'plain-offline');
+    await context.setOffline(false);
+    await expect(state).toHaveAttribute('data-status', 'live', { timeout: 15_000 });
+    await waitForSubscribers(herald, 'plain', 1);
+    const next = await api<{ offset: number }>(herald, 'publish', { channel: 'plain', data: { text: 'back online' } });
+    await expect(page.locator(`#feed li[data-offset="${next.offset}"]`)).toHaveText('back online');
+    await expect(page.locator('#feed li')).toHaveCount(2);
+  } finally {
+    await context.close();
+  }
+  expect(errors.filter((e) => !/WebSocket|ERR_INTERNET_DISCONNECTED/.test(e))).toEqual([]);
+});
