@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Herald's browser packages (clients/js: @herald/client and @herald/react): installs them (npm ci),
-# builds them, type-checks, runs the vitest unit tests, then the Playwright tests in Debian's
-# Chromium (headless) against the real herald binary. Needs node >= 20 with npm; installs
-# Chromium with apt-get when missing (as root, as CI runs). Builds target/debug/herald unless
-# HERALD_BIN names a binary; CHROMIUM_PATH overrides /usr/bin/chromium.
+# Herald's browser packages (clients/js: @herald/client and @herald/react): installs them
+# (npm ci), builds them, type-checks, runs the vitest unit tests and the Node tests against the
+# real herald binary, then the Playwright tests in Debian's Chromium (headless) against it.
+# Needs node >= 20 with npm; installs Chromium with apt-get when missing (as root, as CI runs).
+# Builds target/debug/herald unless HERALD_BIN names a binary; CHROMIUM_PATH overrides
+# /usr/bin/chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -36,7 +37,9 @@ echo "== build"
 npm run build --silent
 echo "== typecheck"
 npm run typecheck --silent
-echo "== vitest"
+echo "== vitest (units)"
 npx vitest run
+echo "== vitest (against herald)"
+npm run test:integration --silent
 echo "== playwright"
 npx playwright test

@@ -13,7 +13,7 @@ import {
   waitForSubscribers,
   type Herald,
   type StaticServer,
-} from './harness.js';
+} from '../harness.js';
 
 let herald: Herald;
 let site: StaticServer;

@@ -1,8 +1,11 @@
 /**
- * Gap signals: Herald tells a subscriber which offsets of a channel it skipped for it (for
- * example publications dropped for a slow client). Offsets a filter or an audience withheld are
- * not gaps and are never signalled. By default the subscription fetches the missing publications
- * from history and delivers them; when that is impossible it asks the application to resync.
+ * Gap signals: when a client falls behind, Herald sheds `low`, then `normal` publications from its
+ * outbound queue and sends, ahead of the next frames, an async `message` push naming what was
+ * shed: `{"herald": {"gap": {"channel", "offsets": [...], "unnumbered": N}}}` (`unnumbered`:
+ * publications of channels without history, which have no offset). Offsets a filter or an
+ * audience withheld are not gaps and are never signalled. By default the subscription fetches the
+ * missing publications from history and delivers them; when that is impossible (no history, or
+ * unnumbered publications) it asks the application to resync.
  */
 import type { PublicationContext } from 'centrifuge';
 
@@ -10,6 +13,8 @@ export interface Gap {
   channel: string;
   /** The skipped offsets, strictly increasing. */
   offsets: number[];
+  /** Skipped publications without an offset (their channel keeps no history): not recoverable. */
+  unnumbered?: number;
 }
 
 const MAX_GAP_OFFSETS = 100_000;
@@ -42,17 +47,23 @@ export function offsetsFromRanges(ranges: readonly (readonly [number, number])[]
 
 /**
  * Reads a gap signal from an async message push (`message` event of the SDK), or returns null
- * when the message is something else. Shape: `{"herald": {"gap": {"channel", "offsets": [...]}}}`
- * (`ranges: [[from, to], ...]` is accepted in place of `offsets`).
+ * when the message is something else or malformed. Shape:
+ * `{"herald": {"gap": {"channel", "offsets": [...], "unnumbered"?: N}}}`
+ * (`ranges: [[from, to], ...]` is also accepted in place of `offsets`).
  */
 export function parseGapSignal(data: unknown): Gap | null {
   const gap = (data as { herald?: { gap?: unknown } } | null)?.herald?.gap;
   if (typeof gap !== 'object' || gap === null) return null;
-  const { channel, offsets, ranges } = gap as { channel?: unknown; offsets?: unknown; ranges?: unknown };
+  const { channel, offsets, ranges, unnumbered } = gap as { channel?: unknown; offsets?: unknown; ranges?: unknown; unnumbered?: unknown };
   if (typeof channel !== 'string' || channel === '') return null;
+  if (unnumbered !== undefined && !(typeof unnumbered === 'number' && Number.isSafeInteger(unnumbered) && unnumbered >= 0)) {
+    return null;
+  }
+  const extra = typeof unnumbered === 'number' && unnumbered > 0 ? { unnumbered } : {};
   try {
-    if (Array.isArray(offsets)) return { channel, offsets: normalizeOffsets(offsets) };
-    if (Array.isArray(ranges)) return { channel, offsets: offsetsFromRanges(ranges as [number, number][]) };
+    if (Array.isArray(offsets)) return { channel, offsets: normalizeOffsets(offsets), ...extra };
+    if (Array.isArray(ranges)) return { channel, offsets: offsetsFromRanges(ranges as [number, number][]), ...extra };
+    if (offsets === undefined && ranges === undefined && 'unnumbered' in extra) return { channel, offsets: [], ...extra };
   } catch {
     return null;
   }

@@ -67,7 +67,17 @@ export interface HeraldSubscriptionOptions {
    * read them from the channel's history; a failure there emits `resync`.
    */
   onGap?: (gap: Gap, subscription: HeraldSubscription) => Promise<PublicationContext[] | void>;
+  /**
+   * Most publications asked of history in one call when filling a gap (default 50). A history
+   * reply is never shed: it must fit in the connection's queue (`client.queue_max_size`) next to
+   * whatever is still queued, or the server disconnects the client as slow (the fill is then
+   * retried after the resubscribe).
+   */
+  gapPageSize?: number;
 }
+
+/** SDK error codes after which a gap fill is worth retrying on the next connection. */
+const RETRIABLE_CODES = new Set([1 /* timeout */, 11 /* connection closed */]);
 
 export interface HeraldPublication<T = unknown> {
   channel: string;
@@ -152,6 +162,8 @@ export class HeraldSubscription {
   private readonly recentOrder: number[] = [];
   private deliveringRecovery = false;
   private gapFills = 0;
+  /** Offsets of a fill that the connection's loss interrupted; retried after resubscribing. */
+  private readonly gapToRetry = new Set<number>();
   private heldDuringGap: { publication: PublicationContext; source: HeraldPublication['source'] }[] = [];
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private ackedOffset = 0;
@@ -250,19 +262,38 @@ export class HeraldSubscription {
   /** Handles a gap signal for this channel (the client routes Herald's signals here). */
   async handleGap(gap: Gap): Promise<void> {
     const offsets = gap.offsets.filter((offset) => !this.recent.has(offset));
-    if (offsets.length === 0) return;
-    const missing: Gap = { channel: this.channel, offsets };
+    const unnumbered = gap.unnumbered ?? 0;
+    if (offsets.length === 0 && unnumbered === 0) return;
+    const missing: Gap = unnumbered > 0 ? { channel: this.channel, offsets, unnumbered } : { channel: this.channel, offsets };
     this.events.emit('gap', missing);
+    if (unnumbered > 0) {
+      // Publications without an offset are in no history: only the application can repair that.
+      this.events.emit('resync', {
+        channel: this.channel,
+        reason: `${unnumbered} publication(s) without offset were skipped (the channel keeps no history)`,
+      });
+      if (offsets.length === 0) return;
+    }
+    await this.fill({ channel: this.channel, offsets });
+  }
+
+  private async fill(gap: Gap): Promise<void> {
     this.gapFills += 1;
     try {
       const fetch = this.options.onGap ?? ((g: Gap) => this.fetchGapFromHistory(g));
-      const publications = await fetch(missing, this);
+      const publications = await fetch(gap, this);
       for (const publication of publications ?? []) this.deliver(publication, 'gap');
     } catch (error) {
-      this.events.emit('resync', {
-        channel: this.channel,
-        reason: `gap at offsets ${offsets.join(',')} could not be filled: ${describeError(error)}`,
-      });
+      if (RETRIABLE_CODES.has(errorCode(error)) || !this.isSubscribed()) {
+        // The connection went away during the fill (a large history reply can be what made the
+        // server drop it as slow): try again once resubscribed, if the stream was recovered.
+        for (const offset of gap.offsets) if (!this.recent.has(offset)) this.gapToRetry.add(offset);
+      } else {
+        this.events.emit('resync', {
+          channel: this.channel,
+          reason: `gap at offsets ${gap.offsets.join(',')} could not be filled: ${describeError(error)}`,
+        });
+      }
     } finally {
       this.gapFills -= 1;
       if (this.gapFills === 0) {
@@ -274,13 +305,38 @@ export class HeraldSubscription {
     }
   }
 
+  /**
+   * Reads the gap's offsets from history, page by page (one history call returns at most
+   * `client.history_max_publication_limit`). Fails when some are no longer there.
+   */
   private async fetchGapFromHistory(gap: Gap): Promise<PublicationContext[]> {
-    try {
-      const answer = await this.sdk.history(historyRequestForGap(gap, this.epochSeen));
-      return publicationsForGap(gap, answer.publications);
-    } catch (error) {
-      throw new Error(`history of ${gap.channel}: ${describeError(error)}`);
+    const wanted = new Set(gap.offsets);
+    const found: PublicationContext[] = [];
+    const pageSize = Math.max(1, this.options.gapPageSize ?? 50);
+    const whole = historyRequestForGap(gap, this.epochSeen);
+    const last = whole.since.offset + whole.limit;
+    let request = { since: whole.since, limit: Math.min(pageSize, whole.limit) };
+    for (;;) {
+      let answer: Awaited<ReturnType<Subscription['history']>>;
+      try {
+        answer = await this.sdk.history(request);
+      } catch (error) {
+        throw Object.assign(new Error(`history of ${gap.channel}: ${describeError(error)}`), { code: errorCode(error) });
+      }
+      if (this.epochSeen !== '' && answer.epoch !== this.epochSeen) {
+        throw new Error(`history of ${gap.channel} is in epoch ${answer.epoch}, not ${this.epochSeen}`);
+      }
+      found.push(...publicationsForGap({ channel: gap.channel, offsets: [...wanted] }, answer.publications));
+      const top = answer.publications.reduce((max, p) => Math.max(max, p.offset ?? 0), 0);
+      if (answer.publications.length === 0 || top >= last || top <= request.since.offset) break;
+      request = { since: { offset: top, epoch: request.since.epoch }, limit: Math.min(pageSize, last - top) };
     }
+    const seen = new Set(found.map((p) => p.offset));
+    const lost = gap.offsets.filter((offset) => !seen.has(offset));
+    if (lost.length > 0) {
+      throw new Error(`offsets ${lost.slice(0, 10).join(',')}${lost.length > 10 ? ',…' : ''} are no longer in the history of ${gap.channel}`);
+    }
+    return found.sort((a, b) => (a.offset ?? 0) - (b.offset ?? 0));
   }
 
   private onSubscribed(ctx: SubscribedContext): void {
@@ -305,6 +361,12 @@ export class HeraldSubscription {
       queueMicrotask(() => {
         this.deliveringRecovery = false;
       });
+    }
+    if (this.gapToRetry.size > 0) {
+      const offsets = [...this.gapToRetry].sort((a, b) => a - b);
+      this.gapToRetry.clear();
+      // After a failed recovery the application resyncs anyway (see above).
+      if (ctx.wasRecovering && ctx.recovered) void this.fill({ channel: this.channel, offsets });
     }
     // An acknowledgement lost with the previous connection is sent again.
     if (this.options.ack === 'auto' && this.lastOffsetSeen > this.ackedOffset) this.scheduleAck();

@@ -114,6 +114,9 @@ describe('gaps', () => {
     expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [5, 3, 3] } } })).toEqual({ channel: 'c', offsets: [3, 5] });
     expect(parseGapSignal({ herald: { gap: { channel: 'c', ranges: [[2, 4]] } } })).toEqual({ channel: 'c', offsets: [2, 3, 4] });
     expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [-1] } } })).toBeNull();
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [4], unnumbered: 2 } } })).toEqual({ channel: 'c', offsets: [4], unnumbered: 2 });
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', unnumbered: 3 } } })).toEqual({ channel: 'c', offsets: [], unnumbered: 3 });
+    expect(parseGapSignal({ herald: { gap: { channel: 'c', offsets: [1], unnumbered: -1 } } })).toBeNull();
     expect(parseGapSignal({ herald: { gap: { offsets: [1] } } })).toBeNull();
     expect(parseGapSignal({ text: 'hello' })).toBeNull();
     expect(() => offsetsFromRanges([[1, 1e9]])).toThrow(/resync instead/);
@@ -152,6 +155,73 @@ describe('gaps', () => {
     ]);
   });
 
+  it('pages through history when the gap is longer than one history answer', async () => {
+    const { sdk, subscription } = fakeSubscription();
+    const received = collect(subscription);
+    sdk.subscribed({ streamPosition: { offset: 0, epoch: 'e1' } });
+    // The server caps each answer at 3 publications.
+    sdk.historyAnswer = async (request) => {
+      const { since, limit } = request as { since: { offset: number }; limit: number };
+      const offsets = Array.from({ length: Math.min(limit, 3) }, (_, i) => since.offset + 1 + i).filter((o) => o <= 9);
+      return { publications: offsets.map((offset) => ({ channel: 'tasks', data: offset, offset })), offset: 9, epoch: 'e1' };
+    };
+    await subscription.handleGap({ channel: 'tasks', offsets: [2, 3, 5, 8] });
+    expect(received.map((p) => p.offset)).toEqual([2, 3, 5, 8]);
+    expect(sdk.historyCalls).toEqual([
+      { since: { offset: 1, epoch: 'e1' }, limit: 7 },
+      { since: { offset: 4, epoch: 'e1' }, limit: 4 },
+      { since: { offset: 7, epoch: 'e1' }, limit: 1 },
+    ]);
+  });
+
+  it('asks to resync when the gap is no longer in history, or history is in another epoch', async () => {
+    const { sdk, subscription } = fakeSubscription();
+    const reasons: string[] = [];
+    subscription.on('resync', (event) => reasons.push(event.reason));
+    sdk.subscribed({ streamPosition: { offset: 0, epoch: 'e1' } });
+    sdk.historyAnswer = async () => ({ publications: [{ channel: 'tasks', data: 3, offset: 3 }], offset: 3, epoch: 'e1' });
+    await subscription.handleGap({ channel: 'tasks', offsets: [2, 3] });
+    sdk.historyAnswer = async () => ({ publications: [], offset: 3, epoch: 'e2' });
+    await subscription.handleGap({ channel: 'tasks', offsets: [4] });
+    expect(reasons).toEqual([
+      'gap at offsets 2,3 could not be filled: offsets 2 are no longer in the history of tasks',
+      'gap at offsets 4 could not be filled: history of tasks is in epoch e2, not e1',
+    ]);
+  });
+
+  it('retries a fill that the connection loss interrupted once resubscribed with recovery', async () => {
+    const { sdk, subscription } = fakeSubscription('tasks', { gapPageSize: 10 });
+    const reasons: string[] = [];
+    subscription.on('resync', (event) => reasons.push(event.reason));
+    const received = collect(subscription);
+    sdk.subscribed({ streamPosition: { offset: 0, epoch: 'e1' } });
+    sdk.publish(1, 'one');
+    sdk.historyAnswer = async () => {
+      throw { code: 11, message: 'connection closed' };
+    };
+    const filling = subscription.handleGap({ channel: 'tasks', offsets: [2, 3] });
+    sdk.publish(4, 'four');
+    await filling;
+    // Nothing held back while the fill waits for the next connection.
+    expect(received.map((p) => p.offset)).toEqual([1, 4]);
+    sdk.historyAnswer = async (request) => {
+      expect(request).toEqual({ since: { offset: 1, epoch: 'e1' }, limit: 2 });
+      return { publications: [2, 3].map((offset) => ({ channel: 'tasks', data: offset, offset })), offset: 5, epoch: 'e1' };
+    };
+    sdk.subscribed({ wasRecovering: true, recovered: true, streamPosition: { offset: 4, epoch: 'e1' } }, [
+      { channel: 'tasks', data: 'five', offset: 5 },
+    ]);
+    await until(() => received.length === 5, 'the retried fill');
+    expect(received.map((p) => [p.offset, p.source])).toEqual([
+      [1, 'live'],
+      [4, 'live'],
+      [2, 'gap'],
+      [3, 'gap'],
+      [5, 'recovery'],
+    ]);
+    expect(reasons).toEqual([]);
+  });
+
   it('asks to resync when history cannot fill the gap', async () => {
     const { sdk, subscription } = fakeSubscription();
     const reasons: string[] = [];
@@ -162,6 +232,23 @@ describe('gaps', () => {
     };
     await subscription.handleGap({ channel: 'tasks', offsets: [7] });
     expect(reasons).toEqual(['gap at offsets 7 could not be filled: history of tasks: 112 unrecoverable position']);
+  });
+
+  it('asks to resync for skipped publications without offsets, and still fills the numbered ones', async () => {
+    const { sdk, subscription } = fakeSubscription();
+    const reasons: string[] = [];
+    subscription.on('resync', (event) => reasons.push(event.reason));
+    const received = collect(subscription);
+    sdk.subscribed();
+    sdk.historyAnswer = async () => ({ publications: [{ channel: 'tasks', data: 'two', offset: 2 }], offset: 2, epoch: 'e1' });
+    await subscription.handleGap({ channel: 'tasks', offsets: [], unnumbered: 3 });
+    await subscription.handleGap({ channel: 'tasks', offsets: [2], unnumbered: 1 });
+    expect(reasons).toEqual([
+      '3 publication(s) without offset were skipped (the channel keeps no history)',
+      '1 publication(s) without offset were skipped (the channel keeps no history)',
+    ]);
+    expect(received.map((p) => [p.offset, p.source])).toEqual([[2, 'gap']]);
+    expect(sdk.historyCalls.length).toBe(1);
   });
 
   it('uses a custom onGap and skips offsets already delivered', async () => {

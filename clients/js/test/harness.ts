@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const CLIENTS_JS = path.resolve(here, '..', '..');
+export const CLIENTS_JS = path.resolve(here, '..');
 export const REPO = path.resolve(CLIENTS_JS, '..', '..');
 export const HERALD_BIN = process.env.HERALD_BIN || path.join(REPO, 'target', 'debug', 'herald');
 export const ARTIFACTS = path.join(CLIENTS_JS, 'test-artifacts');
@@ -74,18 +74,24 @@ export interface Herald {
   dispose(): Promise<void>;
 }
 
-/** Starts `herald serve` on `port` (0: any free one) with its store in `dataDir` (default: a new temp dir). */
-export async function startHerald(options: { port?: number; dataDir?: string } = {}): Promise<Herald> {
+/**
+ * Starts `herald serve` on `port` (0: any free one) with its store in `dataDir` (default: a new
+ * temp dir; `memory`: no store) and `config` (default `heraldConfig()`).
+ */
+export async function startHerald(
+  options: { port?: number; dataDir?: string; memory?: boolean; config?: unknown } = {},
+): Promise<Herald> {
   if (!existsSync(HERALD_BIN)) {
     throw new Error(`no herald binary at ${HERALD_BIN}: build it (cargo build -p herald) or set HERALD_BIN`);
   }
   const dir = await mkdtemp(path.join(tmpdir(), 'herald-browser-'));
   const dataDir = options.dataDir ?? path.join(dir, 'data');
   const configFile = path.join(dir, 'config.json');
-  await writeFile(configFile, JSON.stringify(heraldConfig(), null, 2));
+  await writeFile(configFile, JSON.stringify(options.config ?? heraldConfig(), null, 2));
+  const store = options.memory ? ['--memory'] : ['--data-dir', dataDir];
   const child: ChildProcess = spawn(
     HERALD_BIN,
-    ['serve', '--port', String(options.port ?? 0), '--data-dir', dataDir, '--config', configFile],
+    ['serve', '--port', String(options.port ?? 0), ...store, '--config', configFile],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' } },
   );
   let stderr = '';
@@ -181,6 +187,17 @@ export async function waitFor(check: () => Promise<boolean>, what: string, ms = 
   }
 }
 
+/** The value of a Prometheus counter (summed over its labels) from /metrics; 0 when absent. */
+export async function metric(herald: Herald, name: string): Promise<number> {
+  const response = await deadline(fetch(`${herald.http}/metrics`), 10000, 'GET /metrics');
+  const text = await response.text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(name + ' ') || line.startsWith(name + '{')) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
+
 /** Waits until `channel` has `clients` subscribed connections on the server. */
 export function waitForSubscribers(herald: Herald, channel: string, clients: number): Promise<void> {
   return waitFor(async () => {
@@ -208,7 +225,7 @@ export async function startStaticServer(): Promise<StaticServer> {
   const roots: [string, string][] = [
     ['/dist/client/', path.join(CLIENTS_JS, 'packages', 'client', 'dist')],
     ['/dist/react/', path.join(CLIENTS_JS, 'packages', 'react', 'dist')],
-    ['/', path.join(here, 'pages')],
+    ['/', path.join(here, 'browser', 'pages')],
   ];
   const snapshots = new Map<string, unknown>();
   const server: Server = createServer((request, response) => {
