@@ -267,3 +267,52 @@ test('the plain @herald/client bundle works without React, acks, and shows offli
   }
   expect(errors.filter((e) => !/WebSocket|ERR_INTERNET_DISCONNECTED/.test(e))).toEqual([]);
 });
+
+test('when recovery fails (the restarted server lost its history) useEntities reloads the snapshot', async ({ page }) => {
+  const errors = watchErrors(page);
+  const channel = 'tasks-resync';
+  let server = await startHerald({ memory: true });
+  try {
+    site.snapshots.set(channel, [{ id: 'a', title: 'Alpha', status: 'open' }]);
+    await page.goto(pageUrl(server, { tasks: `${channel}:patch`, minDelay: '200', maxDelay: '1000' }));
+    const section = page.getByTestId('tasks-patch');
+    await expect(section).toHaveAttribute('data-subscribed', 'true');
+    await expect(section).toHaveAttribute('data-loading', 'false');
+    await waitForSubscribers(server, channel, 1);
+    await api(server, 'publish_change', { channel, entity_type: 'task', entity_id: 'b', change_type: 'create', new: { title: 'Beta', status: 'open' } });
+    await expect(section.locator('tbody tr')).toHaveCount(2);
+
+    // A server without a store: after the restart the stream has a new epoch, so recovery fails
+    // and the application's state (here: the snapshot endpoint) is the truth again.
+    const { port } = server;
+    await server.stop();
+    await expect(status(page)).toHaveAttribute('data-status', 'reconnecting');
+    site.snapshots.set(channel, [
+      { id: 'a', title: 'Alpha', status: 'done' },
+      { id: 'c', title: 'Gamma', status: 'open' },
+    ]);
+    server = await startHerald({ port, memory: true });
+    await expect(status(page)).toHaveAttribute('data-status', 'live', { timeout: 15_000 });
+    const rows = section.locator('tbody tr');
+    await expect(rows).toHaveCount(2);
+    await expect(rows.nth(0).locator('td')).toHaveText(['a', 'Alpha', 'done']);
+    await expect(rows.nth(1).locator('td')).toHaveText(['c', 'Gamma', 'open']);
+    await expect(section).toHaveAttribute('data-stale', '');
+
+    // And the patch form applies on top of the reloaded snapshot.
+    await waitForSubscribers(server, channel, 1);
+    await api(server, 'publish_change', {
+      channel,
+      entity_type: 'task',
+      entity_id: 'c',
+      change_type: 'update',
+      old: { title: 'Gamma', status: 'open' },
+      new: { title: 'Gamma', status: 'review' },
+    });
+    await expect(rows.nth(1).locator('td')).toHaveText(['c', 'Gamma', 'review']);
+    await screenshot(page, 'resynced');
+  } finally {
+    await server.dispose();
+  }
+  expect(errors.filter((e) => !/WebSocket/.test(e))).toEqual([]);
+});
