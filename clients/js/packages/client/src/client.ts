@@ -34,6 +34,17 @@ function describeFailure(what: string, error: unknown): Error & { code: number }
   return Object.assign(new Error(`${what}: ${describeError(error)}`), { code: errorCode(error) });
 }
 
+/** An SDK client (also one from another copy of the package, where `instanceof` fails). */
+function isCentrifuge(value: unknown): value is Centrifuge {
+  return (
+    value instanceof Centrifuge ||
+    (typeof value === 'object' &&
+      value !== null &&
+      typeof (value as Centrifuge).newSubscription === 'function' &&
+      typeof (value as Centrifuge).connect === 'function')
+  );
+}
+
 export class HeraldClient {
   readonly centrifuge: Centrifuge;
   readonly connection: ConnectionMonitor;
@@ -43,7 +54,7 @@ export class HeraldClient {
   constructor(options: HeraldClientOptions | { centrifuge: Centrifuge; minReconnectDelay?: number; maxReconnectDelay?: number }) {
     const minReconnectDelay = options.minReconnectDelay ?? 500;
     const maxReconnectDelay = options.maxReconnectDelay ?? 20000;
-    if (options.centrifuge instanceof Centrifuge) {
+    if (isCentrifuge(options.centrifuge)) {
       this.centrifuge = options.centrifuge;
     } else {
       const own = options as HeraldClientOptions;
@@ -91,8 +102,13 @@ export class HeraldClient {
     }
     const resolved = options ?? {};
     const subscription = new HeraldSubscription(channel, resolved, {
-      newSdkSubscription: (name: string, sdkOptions: SubscriptionOptions): Subscription =>
-        this.centrifuge.getSubscription(name) ?? this.centrifuge.newSubscription(name, sdkOptions),
+      newSdkSubscription: (name: string, sdkOptions: SubscriptionOptions): Subscription => {
+        if (this.centrifuge.getSubscription(name)) {
+          // Its options (change form, filters...) would silently not be ours.
+          throw new Error(`channel ${name} already has an SDK subscription that HeraldClient did not make; remove it or use retain() for both`);
+        }
+        return this.centrifuge.newSubscription(name, sdkOptions);
+      },
       removeSdkSubscription: (sdk: Subscription) => this.centrifuge.removeSubscription(sdk),
       rpc: (method: string, data: unknown) => this.rpc(method, data),
       isConnected: () => this.centrifuge.state === 'connected',
