@@ -268,19 +268,29 @@ test('the plain @herald/client bundle works without React, acks, and shows offli
   expect(errors.filter((e) => !/WebSocket|ERR_INTERNET_DISCONNECTED/.test(e))).toEqual([]);
 });
 
-test('when recovery fails (the restarted server lost its history) useEntities reloads the snapshot', async ({ page }) => {
+test('when recovery fails (the restarted server lost its history) useEntities reloads the snapshot and a feed rereads history', async ({ page }) => {
   const errors = watchErrors(page);
   const channel = 'tasks-resync';
+  const news = 'news-resync';
   let server = await startHerald({ memory: true });
   try {
     site.snapshots.set(channel, [{ id: 'a', title: 'Alpha', status: 'open' }]);
-    await page.goto(pageUrl(server, { tasks: `${channel}:patch`, minDelay: '200', maxDelay: '1000' }));
+    for (const text of ['old 1', 'old 2']) await api(server, 'publish', { channel: news, data: { text } });
+    await page.goto(pageUrl(server, { tasks: `${channel}:patch`, feed: news, history: '10', minDelay: '200', maxDelay: '1000' }));
     const section = page.getByTestId('tasks-patch');
     await expect(section).toHaveAttribute('data-subscribed', 'true');
     await expect(section).toHaveAttribute('data-loading', 'false');
     await waitForSubscribers(server, channel, 1);
     await api(server, 'publish_change', { channel, entity_type: 'task', entity_id: 'b', change_type: 'create', new: { title: 'Beta', status: 'open' } });
     await expect(section.locator('tbody tr')).toHaveCount(2);
+    // The feed starts with what the channel's history holds, then goes on live.
+    const feed = page.locator('[data-testid=feed] li');
+    await expect(feed).toHaveText([/^old 1/, /^old 2/]);
+    await expect(feed.nth(0)).toHaveAttribute('data-source', 'history');
+    await waitForSubscribers(server, news, 1);
+    await api(server, 'publish', { channel: news, data: { text: 'live 1' } });
+    await expect(feed).toHaveText([/^old 1/, /^old 2/, /^live 1/]);
+    await expect(feed.nth(2)).toHaveAttribute('data-source', 'live');
 
     // A server without a store: after the restart the stream has a new epoch, so recovery fails
     // and the application's state (here: the snapshot endpoint) is the truth again.
@@ -310,6 +320,11 @@ test('when recovery fails (the restarted server lost its history) useEntities re
       new: { title: 'Gamma', status: 'review' },
     });
     await expect(rows.nth(1).locator('td')).toHaveText(['c', 'Gamma', 'review']);
+    // The feed says why it was reset and shows the new stream only.
+    await expect(page.getByTestId('resync')).toContainText('recovery failed');
+    await waitForSubscribers(server, news, 1);
+    await api(server, 'publish', { channel: news, data: { text: 'new 1' } });
+    await expect(feed).toHaveText([/^new 1/]);
     await screenshot(page, 'resynced');
   } finally {
     await server.dispose();

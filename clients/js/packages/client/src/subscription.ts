@@ -87,8 +87,11 @@ export interface HeraldPublication<T = unknown> {
   info?: ClientInfo;
   /** The data as a change envelope, when it is one. */
   change?: ChangeEnvelope;
-  /** How it arrived: live, in the recovery after a resubscribe, or filling a signalled gap. */
-  source: 'live' | 'recovery' | 'gap';
+  /**
+   * How it arrived: live, in the recovery after a resubscribe, filling a signalled gap, or read
+   * with `recentHistory`.
+   */
+  source: 'live' | 'recovery' | 'gap' | 'history';
 }
 
 export interface ResyncEvent {
@@ -245,6 +248,37 @@ export class HeraldSubscription {
   }
 
   /**
+   * The newest `limit` publications of the channel's history, oldest first (as the application
+   * sees them: with its filters, audience and change form). Not delivered as events: for filling
+   * a view at first and after a resync.
+   */
+  async recentHistory(limit: number): Promise<HeraldPublication[]> {
+    if (!Number.isSafeInteger(limit) || limit <= 0) throw new RangeError(`recentHistory: limit must be a positive integer (got ${limit})`);
+    let answer: Awaited<ReturnType<Subscription['history']>>;
+    try {
+      answer = await this.sdk.history({ limit, reverse: true });
+    } catch (error) {
+      throw Object.assign(new Error(`history of ${this.channel}: ${describeError(error)}`), { code: errorCode(error) });
+    }
+    return answer.publications
+      .map((ctx) => this.toPublication(ctx, 'history'))
+      .sort((a, b) => (a.offset ?? 0) - (b.offset ?? 0));
+  }
+
+  private toPublication(ctx: PublicationContext, source: HeraldPublication['source']): HeraldPublication {
+    const publication: HeraldPublication = {
+      channel: this.channel,
+      data: ctx.data,
+      offset: ctx.offset,
+      tags: ctx.tags,
+      info: ctx.info,
+      source,
+    };
+    if (isChangeEnvelope(ctx.data)) publication.change = ctx.data;
+    return publication;
+  }
+
+  /**
    * Acknowledges everything up to `offset` on this channel (`herald.ack`, cumulative; also stores
    * the user's durable cursor). Resolves with the number of deliveries the server confirmed.
    */
@@ -393,15 +427,7 @@ export class HeraldSubscription {
       this.remember(offset);
       if (offset > this.lastOffsetSeen) this.lastOffsetSeen = offset;
     }
-    const publication: HeraldPublication = {
-      channel: this.channel,
-      data: ctx.data,
-      offset,
-      tags: ctx.tags,
-      info: ctx.info,
-      source,
-    };
-    if (isChangeEnvelope(ctx.data)) publication.change = ctx.data;
+    const publication = this.toPublication(ctx, source);
     this.host.countMessage(publication);
     this.events.emit('publication', publication);
     this.scheduleAck();

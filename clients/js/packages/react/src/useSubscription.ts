@@ -7,6 +7,11 @@ export interface UseSubscriptionOptions extends HeraldSubscriptionOptions {
   keep?: number;
   /** Called for every publication (the latest function given is used). */
   onPublication?: (publication: HeraldPublication) => void;
+  /**
+   * Fill `publications` with the newest N of the channel's history when subscribed afresh, and
+   * replace them with it after a resync (recovery failed): a feed that shows what it missed.
+   */
+  history?: number;
 }
 
 export interface SubscriptionView<T = unknown> {
@@ -34,9 +39,19 @@ const initial: SubscriptionView = {
   error: null,
 };
 
+/** The history read after a subscribe, then what arrived live since (newer offsets). */
+function mergeHistory<T>(recent: HeraldPublication[], shown: HeraldPublication<T>[], keep: number) {
+  const top = recent.reduce((max, p) => Math.max(max, p.offset ?? 0), 0);
+  const newer = shown.filter((p) => (p.offset ?? 0) > top);
+  const merged = [...(recent as HeraldPublication<T>[]), ...newer];
+  return keep > 0 ? merged.slice(-keep) : merged;
+}
+
 /** Subscribes to `channel` (null: not now) and keeps the recent publications. */
 export function useSubscription<T = unknown>(channel: string | null, options: UseSubscriptionOptions = {}): SubscriptionView<T> {
-  const { keep = 50, onPublication, ...subscriptionOptions } = options;
+  const { keep = 50, onPublication, history = 0, ...subscriptionOptions } = options;
+  const historyRef = useRef(history);
+  historyRef.current = history;
   const callback = useRef(onPublication);
   callback.current = onPublication;
   const keepRef = useRef(keep);
@@ -48,9 +63,25 @@ export function useSubscription<T = unknown>(channel: string | null, options: Us
     const detach = [
       subscription.on('subscribing', () => setView((v) => ({ ...v, state: 'subscribing' }))),
       subscription.on('unsubscribed', () => setView((v) => ({ ...v, state: 'unsubscribed' }))),
-      subscription.on('subscribed', (ctx) =>
-        setView((v) => ({ ...v, state: 'subscribed', subscribed: ctx, resyncReason: ctx.wasRecovering && !ctx.recovered ? v.resyncReason : null })),
-      ),
+      subscription.on('subscribed', (ctx) => {
+        const limit = historyRef.current;
+        const fresh = !ctx.wasRecovering || !ctx.recovered;
+        setView((v) => ({
+          ...v,
+          state: 'subscribed',
+          subscribed: ctx,
+          resyncReason: ctx.wasRecovering && !ctx.recovered ? v.resyncReason : null,
+          // After a failed recovery what was shown may belong to a stream that is gone (a new
+          // epoch): the history read below replaces it.
+          publications: limit > 0 && fresh ? [] : v.publications,
+        }));
+        if (limit > 0 && fresh) {
+          subscription.recentHistory(limit).then(
+            (recent) => setView((v) => ({ ...v, publications: mergeHistory(recent, v.publications, keepRef.current) })),
+            (e: unknown) => setView((v) => ({ ...v, error: e instanceof Error ? e.message : String(e) })),
+          );
+        }
+      }),
       subscription.on('resync', ({ reason }) => setView((v) => ({ ...v, resyncReason: reason }))),
       subscription.on('error', ({ error: e }) => setView((v) => ({ ...v, error: `${e.code} ${e.message}` }))),
       subscription.on('publication', (publication) => {

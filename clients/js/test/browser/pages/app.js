@@ -1,6 +1,6 @@
 // The test page: one HeraldClient, the status bar, and the sections the query asks for:
 //   ?ws=URL&token=JWT&user=NAME&feed=CHANNEL&tasks=CHANNEL:full,CHANNEL:patch&presence=CHANNEL
-//   &ack=auto|manual|off&minDelay=MS&maxDelay=MS
+//   &ack=auto|manual|off&history=N&minDelay=MS&maxDelay=MS
 import {
   html,
   createRoot,
@@ -20,14 +20,14 @@ const client = new HeraldClient({
   maxReconnectDelay: Number(params.get('maxDelay') ?? 20000),
 });
 
-function Feed({ channel, ack }) {
-  const feed = useSubscription(channel, { keep: 100, ack });
+function Feed({ channel, ack, history }) {
+  const feed = useSubscription(channel, { keep: 100, ack, history });
   return html`
     <section data-testid="feed" data-state=${feed.state} data-count=${feed.count}>
       <h2>Feed: ${channel}</h2>
       <div class="meta">
         ${feed.state}${feed.subscribed ? html`, recovered: <span data-testid="recovered">${String(feed.subscribed.recovered)}</span>` : ''}
-        ${feed.resyncReason ? html` <span class="stale">resync: ${feed.resyncReason}</span>` : ''}
+        ${feed.resyncReason ? html` <span class="stale" data-testid="resync">resync: ${feed.resyncReason}</span>` : ''}
       </div>
       <ol>
         ${feed.publications.map(
@@ -107,7 +107,7 @@ function App() {
         <${ConnectionStatus} />
       </header>
       <main>
-        ${feed ? html`<${Feed} channel=${feed} ack=${params.get('ack') ?? 'off'} />` : ''}
+        ${feed ? html`<${Feed} channel=${feed} ack=${params.get('ack') ?? 'off'} history=${Number(params.get('history') ?? 0)} />` : ''}
         ${tasks.map((spec) => {
           const [channel, form] = spec.split(':');
           return html`<${Tasks} key=${spec} channel=${channel} form=${form ?? 'full'} />`;
