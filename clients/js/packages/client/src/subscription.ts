@@ -68,6 +68,11 @@ export interface HeraldSubscriptionOptions {
    */
   onGap?: (gap: Gap, subscription: HeraldSubscription) => Promise<PublicationContext[] | void>;
   /**
+   * Fill signalled gaps (default true). False when only the newest state matters (positions, live
+   * samples): the `gap` event still fires, nothing is fetched and nothing is held back.
+   */
+  fillGaps?: boolean;
+  /**
    * Most publications asked of history in one call when filling a gap (default 50). A history
    * reply is never shed: it must fit in the connection's queue (`client.queue_max_size`) next to
    * whatever is still queued, or the server disconnects the client as slow (the fill is then
@@ -308,6 +313,7 @@ export class HeraldSubscription {
       });
       if (offsets.length === 0) return;
     }
+    if (this.options.fillGaps === false) return;
     await this.fill({ channel: this.channel, offsets });
   }
 

@@ -251,6 +251,19 @@ describe('gaps', () => {
     expect(sdk.historyCalls.length).toBe(1);
   });
 
+  it('only reports gaps with fillGaps: false', async () => {
+    const { sdk, subscription } = fakeSubscription('positions', { fillGaps: false });
+    const gaps: number[][] = [];
+    subscription.on('gap', (gap) => gaps.push(gap.offsets));
+    const received = collect(subscription);
+    sdk.subscribed();
+    await subscription.handleGap({ channel: 'positions', offsets: [1, 2] });
+    sdk.publish(3, 'latest');
+    expect(gaps).toEqual([[1, 2]]);
+    expect(sdk.historyCalls).toEqual([]);
+    expect(received.map((p) => p.offset)).toEqual([3]);
+  });
+
   it('uses a custom onGap and skips offsets already delivered', async () => {
     const asked: number[][] = [];
     const { sdk, subscription } = fakeSubscription('tasks', {
