@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from 'react';
-import type { HeraldPublication, HeraldSubscriptionOptions, SubscribedContext } from '@herald/client';
+import type { HeraldPublication, HeraldSubscription, HeraldSubscriptionOptions, SubscribedContext } from '@herald/client';
 import { useRetainedSubscription } from './useRetainedSubscription.js';
 
 export interface UseSubscriptionOptions extends HeraldSubscriptionOptions {
@@ -27,6 +27,8 @@ export interface SubscriptionView<T = unknown> {
   /** Set when Herald says the stream has a hole you must repair (failed recovery, unfillable gap). */
   resyncReason: string | null;
   error: string | null;
+  /** The shared subscription (for `ack`, `history`, `presence`), null until mounted. */
+  subscription: HeraldSubscription | null;
 }
 
 const initial: SubscriptionView = {
@@ -37,6 +39,7 @@ const initial: SubscriptionView = {
   subscribed: null,
   resyncReason: null,
   error: null,
+  subscription: null,
 };
 
 /** The history read after a subscribe, then what arrived live since (newer offsets). */
@@ -59,7 +62,7 @@ export function useSubscription<T = unknown>(channel: string | null, options: Us
   const [view, setView] = useState<SubscriptionView<T>>(initial as SubscriptionView<T>);
 
   const { error } = useRetainedSubscription(channel, subscriptionOptions, (subscription) => {
-    setView({ ...(initial as SubscriptionView<T>), state: subscription.state });
+    setView({ ...(initial as SubscriptionView<T>), state: subscription.state, subscription });
     const detach = [
       subscription.on('subscribing', () => setView((v) => ({ ...v, state: 'subscribing' }))),
       subscription.on('unsubscribed', () => setView((v) => ({ ...v, state: 'unsubscribed' }))),
