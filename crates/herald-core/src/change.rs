@@ -93,6 +93,15 @@ pub fn changed_fields(old: Option<&Value>, new: Option<&Value>) -> Vec<String> {
     fields
 }
 
+/// A document's `id` field, as a string.
+fn id_of(document: &Value) -> Option<String> {
+    match document.get("id")? {
+        Value::String(id) if !id.is_empty() => Some(id.clone()),
+        Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
 fn raw(value: &impl Serialize) -> Result<RawJson, String> {
     serde_json::value::to_raw_value(value).map(Arc::from).map_err(|e| e.to_string())
 }
@@ -109,8 +118,8 @@ impl ChangeRequest {
             ChangeType::Update if old.is_none() || new.is_none() => {
                 return Err("an update needs `old` and `new`".into())
             }
-            ChangeType::Delete if self.entity_id.is_empty() && old.is_none() => {
-                return Err("a delete needs `entity_id` or `old`".into())
+            ChangeType::Delete if self.entity_id.is_empty() && old.and_then(id_of).is_none() => {
+                return Err("a delete needs `entity_id`, or `old` with an `id`".into())
             }
             ChangeType::Bulk if self.summary.is_none() => return Err("a bulk change needs `summary`".into()),
             _ => {}
@@ -124,9 +133,14 @@ impl ChangeRequest {
             }
             ChangeType::Delete | ChangeType::Bulk => json_patch::Patch(Vec::new()),
         };
+        // Subscribers must know which entity went: a delete names it even when only `old` did.
+        let entity_id = match (self.entity_id.is_empty(), self.change_type) {
+            (true, ChangeType::Delete) => old.and_then(id_of).unwrap_or_default(),
+            _ => self.entity_id.clone(),
+        };
         let mut envelope = ChangeEnvelope {
             entity_type: self.entity_type.clone(),
-            entity_id: self.entity_id.clone(),
+            entity_id,
             change_type: self.change_type,
             changed_fields: changed_fields(old, new),
             patch,
@@ -188,6 +202,17 @@ mod tests {
         assert_eq!(prepared.tags["entity_type"], "task");
         assert_eq!(prepared.tags["change_type"], "update");
         assert_eq!(prepared.tags["feature_area"], "billing");
+    }
+
+    #[test]
+    fn a_delete_names_its_entity_from_old_when_the_id_is_not_given() {
+        let mut delete = request(ChangeType::Delete, Some(json!({"id": 7, "title": "gone"})), None);
+        delete.entity_id.clear();
+        let full: Value = serde_json::from_str(delete.prepare().unwrap().full.get()).unwrap();
+        assert_eq!(full["entity_id"], json!("7"));
+        let mut anonymous = request(ChangeType::Delete, Some(json!({"title": "no id"})), None);
+        anonymous.entity_id.clear();
+        assert!(anonymous.prepare().unwrap_err().contains("entity_id"));
     }
 
     #[test]
