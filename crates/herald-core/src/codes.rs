@@ -3,16 +3,17 @@
 //! The numbers are part of the wire contract: SDKs decide whether to retry, resubscribe or reconnect
 //! from them, so they must never change.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::fmt;
 
 /// An error returned in a reply (`{"id": N, "error": {...}}`) or an HTTP API answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtocolError {
     pub code: u32,
+    #[serde(default)]
     pub message: String,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub temporary: bool,
 }
 

@@ -5,6 +5,7 @@ pub mod change;
 pub mod channel;
 pub mod codes;
 pub mod filter;
+pub mod incoming;
 pub mod protocol;
 
 pub use codes::{Disconnect, ProtocolError};

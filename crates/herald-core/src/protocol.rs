@@ -31,21 +31,35 @@ fn is_false(v: &bool) -> bool {
 }
 
 /// One command from a client. Exactly one method field is expected; the first present one wins.
-#[derive(Debug, Default, Deserialize)]
+/// Clients serialize it: absent methods and a zero id are left out, so `Command::default()` is the
+/// pong `{}`.
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct Command {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub id: u32,
+    #[serde(skip_serializing_if = "is_none")]
     pub connect: Option<ConnectRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub subscribe: Option<SubscribeRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub unsubscribe: Option<UnsubscribeRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub publish: Option<PublishRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub presence: Option<PresenceRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub presence_stats: Option<PresenceStatsRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub history: Option<HistoryRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub ping: Option<Empty>,
+    #[serde(skip_serializing_if = "is_none")]
     pub send: Option<SendRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub rpc: Option<RpcRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub refresh: Option<RefreshRequest>,
+    #[serde(skip_serializing_if = "is_none")]
     pub sub_refresh: Option<SubRefreshRequest>,
 }
 
@@ -129,45 +143,48 @@ impl Command {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct Empty {}
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct ConnectRequest {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
+    #[serde(skip_serializing_if = "is_none")]
     pub data: Option<RawJson>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub subs: HashMap<String, SubscribeRequest>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub headers: HashMap<String, String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct SubscribeRequest {
     #[serde(default)]
     pub channel: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub recover: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
+    #[serde(skip_serializing_if = "is_none")]
     pub data: Option<RawJson>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub positioned: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub recoverable: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub join_leave: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub delta: String,
+    #[serde(skip_serializing_if = "is_none")]
     pub tf: Option<FilterNode>,
 }
 
@@ -192,26 +209,26 @@ pub struct FilterNode {
     pub nodes: Vec<FilterNode>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct UnsubscribeRequest {
     #[serde(default)]
     pub channel: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct PublishRequest {
     #[serde(default)]
     pub channel: String,
     pub data: Option<RawJson>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct PresenceRequest {
     #[serde(default)]
     pub channel: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct PresenceStatsRequest {
     #[serde(default)]
     pub channel: String,
@@ -226,37 +243,39 @@ pub struct Since {
     pub epoch: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct HistoryRequest {
     #[serde(default)]
     pub channel: String,
     /// Absent means "no publications, just the stream top", as does 0.
     #[serde(default)]
     pub limit: i64,
+    #[serde(skip_serializing_if = "is_none")]
     pub since: Option<Since>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub reverse: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct SendRequest {
     pub data: Option<RawJson>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RpcRequest {
+    #[serde(skip_serializing_if = "is_none")]
     pub data: Option<RawJson>,
     #[serde(default)]
     pub method: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct RefreshRequest {
     #[serde(default)]
     pub token: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct SubRefreshRequest {
     #[serde(default)]
     pub channel: String,
@@ -405,7 +424,8 @@ impl Publication {
     }
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ConnectResult {
     pub client: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -430,7 +450,8 @@ pub struct ConnectResult {
     pub time: u64,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SubscribeResult {
     #[serde(skip_serializing_if = "is_false")]
     pub expires: bool,
@@ -454,18 +475,21 @@ pub struct SubscribeResult {
     pub was_recovering: bool,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PresenceResult {
     pub presence: BTreeMap<String, ClientInfo>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PresenceStatsResult {
     pub num_clients: u32,
     pub num_users: u32,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HistoryResult {
     pub publications: Vec<Arc<Publication>>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -473,7 +497,8 @@ pub struct HistoryResult {
     pub offset: u64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RefreshResult {
     pub client: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -484,7 +509,8 @@ pub struct RefreshResult {
     pub ttl: u32,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SubRefreshResult {
     #[serde(skip_serializing_if = "is_false")]
     pub expires: bool,
@@ -492,14 +518,15 @@ pub struct SubRefreshResult {
     pub ttl: u32,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RpcResult {
     #[serde(skip_serializing_if = "is_none")]
     pub data: Option<RawJson>,
 }
 
 /// An empty JSON object, the result of unsubscribe, publish and ping.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct EmptyResult {}
 
 /// Builds reply frames. Each reply is one JSON object; frames join several with `\n`.
