@@ -145,6 +145,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How late a server ping may be, after the interval the connect reply announced, before the
+    /// connection counts as dead and is replaced (default 10 s).
+    pub fn max_server_ping_delay(mut self, delay: Duration) -> Self {
+        self.config.max_server_ping_delay = delay;
+        self
+    }
+
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
