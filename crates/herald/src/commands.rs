@@ -2,7 +2,7 @@
 
 use crate::{CheckConfigArgs, PublishArgs, ServeArgs, SubscribeArgs, TokenArgs};
 use anyhow::{anyhow, bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use herald_config::{Config, Loaded};
 use herald_server::auth::{sign_hs256, unix_now, ConnectClaims, SubscribeClaims};
 use herald_server::Node;
@@ -10,7 +10,6 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 
 fn load_config(file: Option<&std::path::Path>) -> Result<Loaded> {
     let env = std::env::vars();
@@ -149,62 +148,101 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
 }
 
 pub async fn subscribe(args: SubscribeArgs) -> Result<()> {
+    use herald_client::{Client, ConnectionState, SubscribeOptions, SubscriptionEvent};
     let base = args.url.trim_end_matches('/').replacen("http://", "ws://", 1).replacen("https://", "wss://", 1);
     let url = format!("{base}/connection/websocket");
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.with_context(|| format!("connect to {url}"))?;
-    let mut subscribe = json!({ "channel": args.channel });
+    let parse = |flag: &str, value: &str| {
+        humantime::parse_duration(value).with_context(|| format!("--{flag} {value:?} is not a duration"))
+    };
+    let (min_delay, max_delay) =
+        (parse("reconnect-min", &args.reconnect_min)?, parse("reconnect-max", &args.reconnect_max)?);
+    let mut builder = Client::builder(&url).name("herald-cli").reconnect_delay(min_delay, max_delay);
+    if let Some(token) = &args.token {
+        builder = builder.token(token);
+    }
+    let client = builder.build();
+    let mut state = client.state();
+    client.connect();
+    let mut options = SubscribeOptions::new();
     if let Some(token) = &args.sub_token {
-        subscribe["token"] = json!(token);
+        options = options.token(token);
     }
     if let (Some(offset), Some(epoch)) = (args.offset, &args.epoch) {
-        subscribe["recover"] = json!(true);
-        subscribe["offset"] = json!(offset);
-        subscribe["epoch"] = json!(epoch);
+        options = options.since(offset, epoch);
     }
-    let connect = json!({ "id": 1, "connect": { "token": args.token.unwrap_or_default(), "name": "herald-cli" } });
-    let frame = format!("{connect}\n{}", json!({ "id": 2, "subscribe": subscribe }));
-    socket.send(Message::Text(frame.into())).await.context("send connect")?;
-    let mut seen = 0usize;
-    let mut stdout = std::io::stdout();
-    while let Some(message) = socket.next().await {
-        let message = message.context("read")?;
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Close(frame) => {
-                let (code, reason) =
-                    frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((0, String::new()));
-                bail!("server closed the connection: {code} {reason}");
-            }
-            _ => continue,
-        };
-        for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-            let value: Value = serde_json::from_str(line).with_context(|| format!("server sent non-JSON: {line}"))?;
-            if value.as_object().is_some_and(|o| o.is_empty()) {
-                socket.send(Message::Text("{}".into())).await.context("pong")?;
-                continue;
-            }
-            if let Some(error) = value.get("error") {
-                bail!("server error: {error}");
-            }
-            if let Some(result) = value.get("subscribe") {
-                for publication in result.get("publications").and_then(Value::as_array).into_iter().flatten() {
-                    writeln!(stdout, "{publication}")?;
-                    seen += 1;
+    // Fail fast when the server cannot be reached at all; reconnect once it has been.
+    let subscribing = client.subscribe(args.channel.clone(), options);
+    tokio::pin!(subscribing);
+    let mut subscription = loop {
+        tokio::select! {
+            subscribed = &mut subscribing => break subscribed.with_context(|| format!("subscribe to {}", args.channel))?,
+            changed = state.changed() => {
+                changed.context("client stopped")?;
+                let current = state.borrow_and_update().clone();
+                match current {
+                    ConnectionState::Connecting { retry_in: Some(_), last_error: Some(error), .. } => bail!("{error}"),
+                    ConnectionState::Disconnected { code, reason } => bail!("server closed the connection: {code} {reason}"),
+                    _ => {}
                 }
-                eprintln!("herald: subscribed to {} {}", args.channel, result);
             }
-            if let Some(publication) = value.pointer("/push/pub") {
-                writeln!(stdout, "{publication}")?;
-                stdout.flush()?;
-                seen += 1;
+        }
+    };
+    let mut seen = 0usize;
+    let mut subscribed_before = false;
+    let mut stdout = std::io::stdout();
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    loop {
+        tokio::select! {
+            event = subscription.next() => {
+                let Some(event) = event else { bail!("subscription to {} ended", args.channel) };
+                match event {
+                    SubscriptionEvent::Subscribed(info) => {
+                        let again = if subscribed_before { " again" } else { "" };
+                        subscribed_before = true;
+                        let info = serde_json::to_string(&info).unwrap_or_default();
+                        eprintln!("herald: subscribed to {}{again} {info}", args.channel);
+                    }
+                    SubscriptionEvent::RecoveryFailed(info) => {
+                        eprintln!(
+                            "herald: subscribed to {} but missed publications could not be recovered {}",
+                            args.channel,
+                            serde_json::to_string(&info).unwrap_or_default()
+                        );
+                    }
+                    SubscriptionEvent::Publication(publication) => {
+                        writeln!(stdout, "{}", serde_json::to_string(&publication).context("encode publication")?)?;
+                        stdout.flush()?;
+                        seen += 1;
+                        if args.count.is_some_and(|count| seen >= count) {
+                            drop(subscription);
+                            client.disconnect();
+                            return Ok(());
+                        }
+                    }
+                    SubscriptionEvent::Unsubscribed { code, reason } => bail!("unsubscribed by the server: {code} {reason}"),
+                    SubscriptionEvent::Error(error) => eprintln!("herald: resubscribe failed, retrying: {error}"),
+                    SubscriptionEvent::Join(_) | SubscriptionEvent::Leave(_) => {}
+                }
             }
-            if args.count.is_some_and(|count| seen >= count) {
-                let _ = socket.close(None).await;
-                return Ok(());
+            changed = state.changed() => {
+                changed.context("client stopped")?;
+                let current = state.borrow_and_update().clone();
+                match current {
+                    ConnectionState::Disconnected { code, reason } => bail!("server closed the connection: {code} {reason}"),
+                    ConnectionState::Connecting { attempt, retry_in: Some(delay), last_error } => {
+                        let error = last_error.unwrap_or_default();
+                        if args.no_reconnect {
+                            bail!("{error}");
+                        }
+                        eprintln!("herald: {error}; reconnecting in {delay:.1?} (attempt {attempt})");
+                    }
+                    _ => {}
+                }
             }
         }
     }
-    Ok(())
 }
 
 pub fn token(args: TokenArgs) -> Result<()> {

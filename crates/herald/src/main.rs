@@ -19,7 +19,8 @@ enum Command {
     Serve(ServeArgs),
     /// Publish JSON to a channel through the server HTTP API.
     Publish(PublishArgs),
-    /// Subscribe to a channel over WebSocket and print each publication as one JSON line.
+    /// Subscribe to a channel over WebSocket and print each publication as one JSON line;
+    /// reconnects and recovers missed publications when the connection drops.
     Subscribe(SubscribeArgs),
     /// Mint a connection token, or a subscription token with --channel (HS256, for development).
     Token(TokenArgs),
@@ -105,6 +106,15 @@ pub struct SubscribeArgs {
     /// Stream epoch for --offset.
     #[arg(long)]
     pub epoch: Option<String>,
+    /// Exit when the connection drops instead of reconnecting (and recovering what was missed).
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// Shortest delay before reconnecting; it doubles, with jitter, up to --reconnect-max.
+    #[arg(long, default_value = "500ms")]
+    pub reconnect_min: String,
+    /// Longest delay before reconnecting.
+    #[arg(long, default_value = "20s")]
+    pub reconnect_max: String,
 }
 
 #[derive(clap::Args)]
