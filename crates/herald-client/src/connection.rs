@@ -32,6 +32,9 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Where a call's reply goes.
 type ReplyTo = oneshot::Sender<Result<Reply, Error>>;
 
+/// How often to look whether the application drained a subscription's full buffer.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
 /// The RPC method of acknowledged delivery.
 pub(crate) const ACK_METHOD: &str = "herald.ack";
 
@@ -51,7 +54,7 @@ pub(crate) enum Request {
         id: u64,
         channel: String,
         options: Box<SubscribeOptions>,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
+        events: mpsc::Sender<SubscriptionEvent>,
         counters: Arc<Counters>,
         ready: oneshot::Sender<Result<Subscribed, Error>>,
     },
@@ -107,13 +110,16 @@ struct Entry {
     id: u64,
     options: SubscribeOptions,
     data: Option<RawJson>,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    events: mpsc::Sender<SubscriptionEvent>,
     counters: Arc<Counters>,
     /// The first subscribe's answer goes here; later ones become events.
     ready: Option<oneshot::Sender<Result<Subscribed, Error>>>,
     /// The last delivered offset in the stream's epoch: where recovery starts, and below which
     /// publications are duplicates.
     position: Since,
+    /// The application fell behind and the buffer filled: unsubscribed until it drained, then
+    /// subscribed again recovering from `position`.
+    overflowed: bool,
     phase: Phase,
     recovering: bool,
     token: Option<String>,
@@ -338,7 +344,7 @@ impl Actor {
         id: u64,
         channel: String,
         options: SubscribeOptions,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
+        events: mpsc::Sender<SubscriptionEvent>,
         counters: Arc<Counters>,
         ready: oneshot::Sender<Result<Subscribed, Error>>,
     ) -> bool {
@@ -369,6 +375,7 @@ impl Actor {
                 counters,
                 ready: Some(ready),
                 position,
+                overflowed: false,
                 phase: Phase::Idle,
                 recovering: false,
                 token_expires: None,
@@ -673,7 +680,7 @@ impl Actor {
                             self.subs.remove(&channel);
                             return None;
                         }
-                        let _ = entry.events.send(SubscriptionEvent::Error(error));
+                        emit(entry, SubscriptionEvent::Error(error));
                         entry.retries += 1;
                         let delay =
                             backoff(entry.retries, self.config.min_reconnect_delay, self.config.max_reconnect_delay);
@@ -705,7 +712,13 @@ impl Actor {
                 let _ = ready.send(Err(error));
             }
             None => {
-                let _ = entry.events.send(SubscriptionEvent::Unsubscribed { code, reason });
+                let event = SubscriptionEvent::Unsubscribed { code, reason };
+                if let Err(mpsc::error::TrySendError::Full(event)) = entry.events.try_send(event) {
+                    // The last event must not be lost to a full buffer: it goes once there is room.
+                    tokio::spawn(async move {
+                        let _ = entry.events.send(event).await;
+                    });
+                }
             }
         }
     }
@@ -777,6 +790,13 @@ impl Actor {
         let now = Instant::now();
         let Some(entry) = self.subs.get_mut(channel) else { return };
         entry.retry_at = None;
+        // Subscribe only with room for the reply: its event and a good part of what it recovers.
+        if entry.events.capacity() * 2 < entry.events.max_capacity() {
+            entry.phase = Phase::Idle;
+            entry.retry_at = Some(now + DRAIN_POLL);
+            return;
+        }
+        entry.overflowed = false;
         let token_stale = entry.token.is_none() || entry.token_expires.is_some_and(|at| at <= now);
         if entry.options.token_fn.is_some() && token_stale {
             self.fetch_subscription_token(session, channel, false);
@@ -959,7 +979,7 @@ impl Actor {
                     self.end_subscription(channel, code, reason, Error::Server(error));
                     return;
                 }
-                let _ = entry.events.send(SubscriptionEvent::Error(Error::Server(error)));
+                emit(entry, SubscriptionEvent::Error(Error::Server(error)));
                 entry.retries += 1;
                 let delay = backoff(entry.retries, self.config.min_reconnect_delay, self.config.max_reconnect_delay);
                 entry.retry_at = Some(Instant::now() + delay);
@@ -995,13 +1015,30 @@ impl Actor {
         } else {
             SubscriptionEvent::Subscribed(info)
         };
-        let _ = entry.events.send(event);
+        emit(entry, event);
         for publication in result.publications {
             deliver(entry, Arc::unwrap_or_clone(publication));
         }
-        entry.position.offset = entry.position.offset.max(result.offset);
+        if !entry.overflowed {
+            entry.position.offset = entry.position.offset.max(result.offset);
+        }
+        self.after_delivery(session, channel);
+    }
+
+    /// Unsubscribes what nobody reads any more, and pauses what the application cannot keep up
+    /// with.
+    fn after_delivery(&mut self, session: &mut Session, channel: &str) {
+        let Some(entry) = self.subs.get_mut(channel) else { return };
         if entry.events.is_closed() {
             self.drop_abandoned(session, channel);
+        } else if entry.overflowed && matches!(entry.phase, Phase::Subscribing | Phase::Subscribed) {
+            tracing::warn!(%channel, offset = entry.position.offset, "the application is not reading this subscription; pausing it until it catches up");
+            entry.phase = Phase::Idle;
+            entry.retry_at = Some(Instant::now() + DRAIN_POLL);
+            let id = self.next_id();
+            session.pending.insert(id, Pending::Unsubscribe(None));
+            let request = UnsubscribeRequest { channel: channel.to_owned() };
+            session.push(&Command { id, unsubscribe: Some(request), ..Default::default() });
         }
     }
 
@@ -1028,17 +1065,15 @@ impl Actor {
         if let Some(publication) = push.publication {
             if entry.phase == Phase::Subscribed {
                 deliver(entry, publication);
-                if entry.events.is_closed() {
-                    self.drop_abandoned(session, &channel);
-                }
+                self.after_delivery(session, &channel);
             }
         } else if let Some(join) = push.join {
             if entry.options.join_leave {
-                let _ = entry.events.send(SubscriptionEvent::Join(join.info));
+                emit(entry, SubscriptionEvent::Join(join.info));
             }
         } else if let Some(leave) = push.leave {
             if entry.options.join_leave {
-                let _ = entry.events.send(SubscriptionEvent::Leave(leave.info));
+                emit(entry, SubscriptionEvent::Leave(leave.info));
             }
         } else if let Some(unsubscribe) = push.unsubscribe {
             if unsubscribe.resubscribe() {
@@ -1054,16 +1089,32 @@ impl Actor {
     }
 }
 
-/// Hands a publication to the application unless its offset was delivered already.
+/// Queues an event for the application; false when its buffer is full. Informational events
+/// (join, leave, errors) are dropped then.
+fn emit(entry: &Entry, event: SubscriptionEvent) -> bool {
+    !matches!(entry.events.try_send(event), Err(mpsc::error::TrySendError::Full(_)))
+}
+
+/// Hands a publication to the application unless its offset was delivered already. When the
+/// buffer is full the subscription is marked overflowed: the position stays at the last
+/// publication delivered, so recovery later picks up exactly there.
 fn deliver(entry: &mut Entry, publication: Publication) {
-    if publication.offset > 0 {
-        if publication.offset <= entry.position.offset {
-            entry.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        entry.position.offset = publication.offset;
+    if entry.overflowed {
+        return;
     }
-    let _ = entry.events.send(SubscriptionEvent::Publication(publication));
+    let offset = publication.offset;
+    if offset > 0 && offset <= entry.position.offset {
+        entry.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if emit(entry, SubscriptionEvent::Publication(publication)) {
+        if offset > 0 {
+            entry.position.offset = offset;
+        }
+    } else {
+        entry.overflowed = true;
+        entry.counters.overflows.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn flush(sink: &mut SplitSink<Socket, Message>, outbox: &mut Vec<String>) -> Result<(), String> {

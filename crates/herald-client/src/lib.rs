@@ -152,6 +152,12 @@ impl ClientBuilder {
         self
     }
 
+    /// Events buffered per subscription (default 10 000); see [`ClientConfig::event_buffer`].
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.config.event_buffer = events.max(2);
+        self
+    }
+
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
         self
@@ -256,7 +262,7 @@ impl Client {
     ) -> Result<Subscription, Error> {
         let channel = channel.into();
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(self.inner.config.event_buffer.max(2));
         let (ready, answer) = oneshot::channel();
         let counters = Arc::new(subscription::Counters::default());
         let auto_ack = options.auto_ack;

@@ -36,6 +36,11 @@ pub struct ClientConfig {
     /// How late a server ping may be (after the interval announced in the connect reply) before
     /// the connection counts as dead and is replaced.
     pub max_server_ping_delay: Duration,
+    /// Events buffered per subscription for the application. When it falls this far behind, the
+    /// subscription is paused (unsubscribed) and resubscribed, recovering from the last
+    /// publication delivered, once half the buffer is free: memory stays bounded and nothing is
+    /// lost while history lasts.
+    pub event_buffer: usize,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -66,6 +71,7 @@ impl ClientConfig {
             max_reconnect_delay: Duration::from_secs(20),
             timeout: Duration::from_secs(10),
             max_server_ping_delay: Duration::from_secs(10),
+            event_buffer: 10_000,
         }
     }
 }

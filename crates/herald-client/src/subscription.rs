@@ -55,6 +55,7 @@ pub enum SubscriptionEvent {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) duplicates: AtomicU64,
+    pub(crate) overflows: AtomicU64,
 }
 
 /// A live subscription. Dropping it unsubscribes.
@@ -64,7 +65,7 @@ pub(crate) struct Counters {
 pub struct Subscription {
     pub(crate) id: u64,
     pub(crate) channel: String,
-    pub(crate) events: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    pub(crate) events: mpsc::Receiver<SubscriptionEvent>,
     pub(crate) requests: mpsc::UnboundedSender<Request>,
     pub(crate) auto_ack: bool,
     pub(crate) counters: Arc<Counters>,
@@ -81,6 +82,12 @@ impl Subscription {
     /// recovery) that were dropped because their offset was already delivered.
     pub fn duplicates_dropped(&self) -> u64 {
         self.counters.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// How many times the application fell `event_buffer` events behind, so that the client
+    /// paused the subscription and recovered it once the buffer drained.
+    pub fn overflows(&self) -> u64 {
+        self.counters.overflows.load(Ordering::Relaxed)
     }
 
     /// Acknowledges everything up to `offset` on this channel (`herald.ack`); answers how many

@@ -404,3 +404,31 @@ async fn calls_fail_clearly_when_not_connected() {
     client.disconnect();
     wait_state(&client, "stopped", |s| matches!(s, ConnectionState::Disconnected { code: 0, .. })).await;
 }
+
+#[tokio::test]
+async fn an_application_that_falls_behind_loses_nothing_and_memory_stays_bounded() {
+    let server = TestServer::start(config()).await;
+    let client = Client::builder(server.ws_url()).token(token("slow", None)).event_buffer(8).build();
+    client.connect();
+    connected(&client).await;
+    let mut sub = client.subscribe("firehose", SubscribeOptions::new()).await.unwrap();
+    let mut expected = Vec::new();
+    // Far more than the buffer holds, while the application reads nothing.
+    for n in 0..60 {
+        expected.push(server.publish("firehose", json!({"data": n})).await);
+    }
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        match next_event(&mut sub).await {
+            SubscriptionEvent::Publication(publication) => received.push(publication.offset),
+            SubscriptionEvent::RecoveryFailed(info) => panic!("recovery failed: {info:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(received, expected);
+    assert!(sub.overflows() >= 1, "the buffer never filled");
+    // Live again afterwards.
+    let offset = server.publish("firehose", json!({"data": "live"})).await;
+    assert_eq!(next_publication(&mut sub).await.offset, offset);
+    server.stop().await;
+}
