@@ -458,8 +458,11 @@ impl Actor {
         };
         session.push(&Command { id, connect: Some(connect), ..Default::default() });
         let end = loop {
-            if let Err(error) = flush(&mut sink, &mut session.outbox).await {
-                break End::Retry(format!("write: {error}"));
+            // A server that stopped reading must not stall the client: the connection is replaced.
+            match tokio::time::timeout(self.config.timeout, flush(&mut sink, &mut session.outbox)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => break End::Retry(format!("write: {error}")),
+                Err(_) => break End::Retry(format!("a write took longer than {:?}", self.config.timeout)),
             }
             let deadline = self.next_deadline(&session);
             tokio::select! {
@@ -501,9 +504,12 @@ impl Actor {
         };
         if matches!(end, End::Stopped | End::Dropped) {
             // Unsubscribes and acknowledgements queued just before the end still go out.
-            let _ = flush(&mut sink, &mut session.outbox).await;
             let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-            let _ = sink.send(Message::Close(Some(close))).await;
+            let goodbye = async {
+                flush(&mut sink, &mut session.outbox).await?;
+                sink.send(Message::Close(Some(close))).await.map_err(|e| e.to_string())
+            };
+            let _ = tokio::time::timeout(self.config.timeout, goodbye).await;
         }
         let was_connected = session.connected;
         self.after_session(session, &end);
