@@ -8,7 +8,7 @@ use crate::subscription::{Counters, Subscribed, SubscriptionEvent};
 use crate::{codes, ConnectionState};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use herald_core::incoming::{Push, Reply};
+use herald_core::incoming::{GapSignal, Push, Reply};
 use herald_core::protocol::{
     Command, ConnectRequest, Publication, RawJson, RefreshRequest, RpcRequest, Since, SubRefreshRequest,
     SubscribeRequest, UnsubscribeRequest,
@@ -1064,6 +1064,13 @@ impl Actor {
         if let Some(disconnect) = push.disconnect {
             return Some(self.closed_by_server(disconnect.code, disconnect.reason));
         }
+        if let Some(message) = push.message {
+            match message.gap() {
+                Some(gap) => self.gap(session, gap),
+                None => tracing::debug!("message push from the server; not surfaced"),
+            }
+            return None;
+        }
         let Some(entry) = self.subs.get_mut(&channel) else {
             tracing::debug!(%channel, "push for a channel without a client-side subscription");
             return None;
@@ -1092,6 +1099,24 @@ impl Actor {
             }
         }
         None
+    }
+}
+
+impl Actor {
+    /// Shed publications: told to the application in order with the publications around them.
+    fn gap(&mut self, session: &mut Session, gap: GapSignal) {
+        let Some(entry) = self.subs.get_mut(&gap.channel) else { return };
+        // A paused subscription recovers from its last delivered offset, which is before the shed
+        // ones: history fills the gap by itself.
+        if entry.overflowed || entry.phase != Phase::Subscribed {
+            return;
+        }
+        let event = SubscriptionEvent::Gap { offsets: gap.offsets, unnumbered: gap.unnumbered };
+        if !emit(entry, event) {
+            entry.overflowed = true;
+            entry.counters.overflows.fetch_add(1, Ordering::Relaxed);
+            self.after_delivery(session, &gap.channel);
+        }
     }
 }
 

@@ -39,6 +39,13 @@ pub enum SubscriptionEvent {
     RecoveryFailed(Subscribed),
     /// A publication, never twice for one offset.
     Publication(Publication),
+    /// The server shed these publications because the connection fell behind (Herald's gap
+    /// signal): they will not arrive live. Those with an offset can be read from history
+    /// (`history` with `since` just before them); ignore them when only the newest state matters.
+    Gap {
+        offsets: Vec<u64>,
+        unnumbered: u64,
+    },
     Join(ClientInfo),
     Leave(ClientInfo),
     /// A resubscribe failed with a temporary error; the client tries again with backoff.

@@ -77,10 +77,38 @@ impl Unsubscribe {
     }
 }
 
-/// An asynchronous message to the connection (server `send`).
+/// An asynchronous message to the connection (server `send`, and Herald's gap signal).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
     pub data: RawJson,
+}
+
+impl Message {
+    /// Herald's gap signal, when this message is one: `{"herald": {"gap": {...}}}`.
+    pub fn gap(&self) -> Option<GapSignal> {
+        #[derive(Deserialize)]
+        struct Herald {
+            gap: GapSignal,
+        }
+        #[derive(Deserialize)]
+        struct Data {
+            herald: Herald,
+        }
+        serde_json::from_str::<Data>(self.data.get()).ok().map(|data| data.herald.gap)
+    }
+}
+
+/// Publications of a channel the server shed for this connection because it fell behind (Herald
+/// extension): they will not arrive live; history still has those with an offset.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+pub struct GapSignal {
+    pub channel: String,
+    /// Ascending.
+    #[serde(default)]
+    pub offsets: Vec<u64>,
+    /// Shed publications of channels without history, which have no offset.
+    #[serde(default)]
+    pub unnumbered: u64,
 }
 
 /// A disconnect announced in a push rather than in the WebSocket close frame.
@@ -116,6 +144,12 @@ mod tests {
         let unsubscribe: Reply =
             serde_json::from_str(r#"{"push":{"channel":"c","unsubscribe":{"code":2500,"reason":"x"}}}"#).unwrap();
         assert!(unsubscribe.push.unwrap().unsubscribe.unwrap().resubscribe());
+        let gap = r#"{"push":{"message":{"data":{"herald":{"gap":{"channel":"jobs","offsets":[41,42,57]}}}}}}"#;
+        let gap: Reply = serde_json::from_str(gap).unwrap();
+        let signal = gap.push.unwrap().message.unwrap().gap().unwrap();
+        assert_eq!(signal, GapSignal { channel: "jobs".into(), offsets: vec![41, 42, 57], unnumbered: 0 });
+        let application: Reply = serde_json::from_str(r#"{"push":{"message":{"data":{"hello":1}}}}"#).unwrap();
+        assert!(application.push.unwrap().message.unwrap().gap().is_none());
     }
 
     #[test]

@@ -223,6 +223,11 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<()> {
                     }
                     SubscriptionEvent::Unsubscribed { code, reason } => bail!("unsubscribed by the server: {code} {reason}"),
                     SubscriptionEvent::Error(error) => eprintln!("herald: resubscribe failed, retrying: {error}"),
+                    SubscriptionEvent::Gap { offsets, unnumbered } => eprintln!(
+                        "herald: the server skipped publications of {} because this connection fell behind: offsets {offsets:?}{}",
+                        args.channel,
+                        if unnumbered > 0 { format!(" and {unnumbered} without offset") } else { String::new() }
+                    ),
                     SubscriptionEvent::Join(_) | SubscriptionEvent::Leave(_) => {}
                 }
             }
