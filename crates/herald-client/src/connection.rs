@@ -181,11 +181,17 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
     (min + Duration::from_millis(jitter)).min(max)
 }
 
+/// How long a token the server says lives `ttl` more seconds surely lives: the server counts
+/// whole seconds of its clock, so up to one of them may be gone already.
+fn token_lifetime(ttl: u32) -> Duration {
+    Duration::from_secs(u64::from(ttl)).saturating_sub(Duration::from_secs(1))
+}
+
 /// When to renew a token that lives `ttl` seconds: early enough that a slow callback still makes
-/// it (a quarter of the lifetime, at most 30 s early).
+/// it (a quarter of the lifetime early, at most 30 s), and never in a tight loop.
 fn refresh_delay(ttl: u32) -> Duration {
-    let ttl = Duration::from_secs(u64::from(ttl));
-    ttl.saturating_sub((ttl / 4).min(Duration::from_secs(30)))
+    let lifetime = token_lifetime(ttl);
+    (lifetime - (lifetime / 4).min(Duration::from_secs(30))).max(Duration::from_millis(100))
 }
 
 fn far_future() -> Instant {
@@ -890,8 +896,7 @@ impl Actor {
             Pending::Refresh => match (reply.error, reply.refresh) {
                 (None, Some(result)) => {
                     session.refresh_failures = 0;
-                    self.token_expires =
-                        result.expires.then(|| Instant::now() + Duration::from_secs(result.ttl.into()));
+                    self.token_expires = result.expires.then(|| Instant::now() + token_lifetime(result.ttl));
                     session.refresh_at = result.expires.then(|| Instant::now() + refresh_delay(result.ttl));
                 }
                 (Some(error), _) if error.temporary => self.retry_refresh(session),
@@ -905,8 +910,7 @@ impl Actor {
                 match (reply.error, reply.sub_refresh) {
                     (None, Some(result)) => {
                         entry.retries = 0;
-                        entry.token_expires =
-                            result.expires.then(|| Instant::now() + Duration::from_secs(result.ttl.into()));
+                        entry.token_expires = result.expires.then(|| Instant::now() + token_lifetime(result.ttl));
                         entry.refresh_at = result.expires.then(|| Instant::now() + refresh_delay(result.ttl));
                     }
                     (Some(error), _) if error.temporary => {
@@ -948,7 +952,7 @@ impl Actor {
         session.ping_interval = (result.ping > 0).then(|| Duration::from_secs(result.ping.into()));
         self.attempt = 0;
         self.last_error = None;
-        self.token_expires = result.expires.then(|| now + Duration::from_secs(result.ttl.into()));
+        self.token_expires = result.expires.then(|| now + token_lifetime(result.ttl));
         if result.expires && self.config.token_fn.is_some() {
             session.refresh_at = Some(now + refresh_delay(result.ttl));
         }
@@ -996,7 +1000,7 @@ impl Actor {
         entry.retries = 0;
         if result.expires && entry.options.token_fn.is_some() {
             let now = Instant::now();
-            entry.token_expires = Some(now + Duration::from_secs(result.ttl.into()));
+            entry.token_expires = Some(now + token_lifetime(result.ttl));
             entry.refresh_at = Some(now + refresh_delay(result.ttl));
         }
         let info = Subscribed {
@@ -1155,4 +1159,21 @@ async fn flush(sink: &mut SplitSink<Socket, Message>, outbox: &mut Vec<String>) 
     let frame = outbox.join("\n");
     outbox.clear();
     sink.send(Message::Text(frame.into())).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_renewed_before_they_can_expire() {
+        assert_eq!(refresh_delay(3600), Duration::from_secs(3599 - 30));
+        assert_eq!(refresh_delay(4), Duration::from_millis(2250));
+        // A lifetime the rounding may already have taken: soon, but not in a tight loop.
+        assert_eq!(refresh_delay(1), Duration::from_millis(100));
+        assert_eq!(refresh_delay(0), Duration::from_millis(100));
+        for ttl in 2..10_000 {
+            assert!(refresh_delay(ttl) < token_lifetime(ttl), "{ttl}");
+        }
+    }
 }

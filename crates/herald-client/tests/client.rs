@@ -84,8 +84,8 @@ async fn token_callback_renews_the_connection_before_expiry() {
             let fetched = fetched_tx.clone();
             async move {
                 let _ = fetched.send(n);
-                // Expires in 2-3 s (whole seconds); the server closes an expired connection at once.
-                Ok(token("carol", Some(3)))
+                // Expires in 3-4 s (whole seconds); the server closes an expired connection at once.
+                Ok(token("carol", Some(4)))
             }
         })
         .build();
@@ -119,7 +119,7 @@ async fn subscription_token_callback_renews_before_expiry() {
         let fetched = fetched_tx.clone();
         async move {
             let _ = fetched.send(channel.clone());
-            Ok(sub_token("dave", &channel, 3))
+            Ok(sub_token("dave", &channel, 4))
         }
     });
     let mut private = client.subscribe("private:room", options).await.expect("subscribe with token");
