@@ -292,7 +292,8 @@ impl Actor {
         self.want_connected = false;
         self.attempt = 0;
         self.last_error = None;
-        let error = Error::Disconnected(format!("{reason} ({code})"));
+        // Server codes are worth showing; the client's own (below 3000) are in the reason.
+        let error = Error::Disconnected(if code >= 3000 { format!("{reason} ({code})") } else { reason.clone() });
         for (_, reply) in self.queued.drain(..) {
             let _ = reply.send(Err(error.clone()));
         }
@@ -981,7 +982,15 @@ impl Actor {
                 entry.phase = Phase::Idle;
                 if error.code == herald_core::ProtocolError::token_expired().code && entry.options.token_fn.is_some() {
                     entry.token = None;
-                    self.start_subscribe(session, channel);
+                    entry.retries += 1;
+                    if entry.retries == 1 {
+                        self.start_subscribe(session, channel);
+                    } else {
+                        // The callback keeps giving expired tokens: do not spin on it.
+                        let delay =
+                            backoff(entry.retries, self.config.min_reconnect_delay, self.config.max_reconnect_delay);
+                        entry.retry_at = Some(Instant::now() + delay);
+                    }
                     return;
                 }
                 if entry.ready.is_some() || !(error.temporary || error.code == 100) {

@@ -181,7 +181,7 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<()> {
                 let current = state.borrow_and_update().clone();
                 match current {
                     ConnectionState::Connecting { retry_in: Some(_), last_error: Some(error), .. } => bail!("{error}"),
-                    ConnectionState::Disconnected { code, reason } => bail!("server closed the connection: {code} {reason}"),
+                    ConnectionState::Disconnected { code, reason } => bail!("{}", stopped(code, &reason)),
                     _ => {}
                 }
             }
@@ -235,7 +235,7 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<()> {
                 changed.context("client stopped")?;
                 let current = state.borrow_and_update().clone();
                 match current {
-                    ConnectionState::Disconnected { code, reason } => bail!("server closed the connection: {code} {reason}"),
+                    ConnectionState::Disconnected { code, reason } => bail!("{}", stopped(code, &reason)),
                     ConnectionState::Connecting { attempt, retry_in: Some(delay), last_error } => {
                         let error = last_error.unwrap_or_default();
                         if args.no_reconnect {
@@ -247,6 +247,15 @@ pub async fn subscribe(args: SubscribeArgs) -> Result<()> {
                 }
             }
         }
+    }
+}
+
+/// Why the client stopped: a server close code, or the client's own reason (codes below 3000).
+fn stopped(code: u16, reason: &str) -> String {
+    if code >= 3000 {
+        format!("server closed the connection: {code} {reason}")
+    } else {
+        reason.to_owned()
     }
 }
 
