@@ -1054,6 +1054,8 @@ impl Actor {
             tracing::warn!(%channel, offset = entry.position.offset, "the application is not reading this subscription; pausing it until it catches up");
             entry.phase = Phase::Idle;
             entry.retry_at = Some(Instant::now() + DRAIN_POLL);
+            // Subscribing again fetches a fresh token if needed; nothing to refresh meanwhile.
+            entry.refresh_at = None;
             let id = self.next_id();
             session.pending.insert(id, Pending::Unsubscribe(None));
             let request = UnsubscribeRequest { channel: channel.to_owned() };
