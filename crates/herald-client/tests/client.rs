@@ -432,3 +432,34 @@ async fn an_application_that_falls_behind_loses_nothing_and_memory_stays_bounded
     assert_eq!(next_publication(&mut sub).await.offset, offset);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn join_leave_events_and_server_unsubscribe_end_the_stream() {
+    let server = TestServer::start(config()).await;
+    let watcher = server.client("watcher");
+    connected(&watcher).await;
+    let mut room = watcher.subscribe("room", SubscribeOptions::new().join_leave(true)).await.unwrap();
+    let SubscriptionEvent::Subscribed(_) = next_event(&mut room).await else { panic!("subscribed first") };
+    let visitor = server.client("visitor");
+    let visitor_id = connected(&visitor).await;
+    let visit = visitor.subscribe("room", SubscribeOptions::new()).await.unwrap();
+    // Its own join comes first, as Centrifugo sends it.
+    let SubscriptionEvent::Join(own) = next_event(&mut room).await else { panic!("own join") };
+    assert_eq!(own.user, "watcher");
+    let SubscriptionEvent::Join(joined) = next_event(&mut room).await else { panic!("join") };
+    assert_eq!((joined.user.as_str(), joined.client.as_str()), ("visitor", visitor_id.as_str()));
+    drop(visit);
+    let SubscriptionEvent::Leave(left) = next_event(&mut room).await else { panic!("leave") };
+    assert_eq!(left.client, visitor_id);
+
+    // The server API unsubscribes the watcher: the last event, then the stream ends.
+    server.node.unsubscribe("watcher", "", "room").expect("api unsubscribe");
+    let event = next_event(&mut room).await;
+    let SubscriptionEvent::Unsubscribed { code, .. } = event else { panic!("expected Unsubscribed, got {event:?}") };
+    assert_eq!(code, 2000);
+    let end = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut room)).await.expect("ends in time");
+    assert!(end.is_none(), "{end:?}");
+    // The connection itself stays.
+    assert!(matches!(*watcher.state().borrow(), ConnectionState::Connected { .. }));
+    server.stop().await;
+}
