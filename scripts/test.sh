@@ -8,3 +8,4 @@ cargo build --workspace --all-targets
 cargo test --workspace
 scripts/interop.sh
 scripts/test-js.sh
+scripts/test-examples.sh
