@@ -184,8 +184,13 @@ async fn claim(State(app): State<Shared>, headers: HeaderMap) -> Response {
                 }
             }
         }
-        if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-            return StatusCode::NO_CONTENT.into_response();
+        // Nothing waiting: answer "no job" at the deadline, or at once when the server stops, so
+        // that a long poll never holds up a graceful shutdown.
+        let stopping = app.node.shutdown_token();
+        tokio::select! {
+            _ = arrived => {}
+            _ = tokio::time::sleep_until(deadline) => return StatusCode::NO_CONTENT.into_response(),
+            _ = stopping.cancelled() => return StatusCode::NO_CONTENT.into_response(),
         }
     }
 }

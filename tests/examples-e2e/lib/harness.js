@@ -29,7 +29,8 @@ export async function startExample(name, { env = {}, port = 0, args = [] } = {})
     child.on('error', (error) => { clearTimeout(timer); reject(new Error(`cannot run ${binary}: ${error.message}`)); });
     child.stdout.on('data', (chunk) => {
       stdout += chunk;
-      const match = stdout.match(/open (http:\/\/127\.0\.0\.1:\d+)/);
+      // Up to the "/" after the port: a chunk may end in the middle of the number.
+      const match = stdout.match(/open (http:\/\/127\.0\.0\.1:\d+)\//);
       if (match) { clearTimeout(timer); resolve(match[1]); }
     });
     exited.then(({ code, signal }) => {
