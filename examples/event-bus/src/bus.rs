@@ -1,6 +1,8 @@
-//! A small in-process event bus: each handler runs in its own tokio task with its own queue, so
-//! a handler that is slow, fails or panics never delays or stops the others. Shutdown closes the
-//! queues and waits until every handler has processed what was queued before.
+//! A small in-process event bus: each handler runs in its own tokio task with its own bounded
+//! queue, so a handler that is slow, stuck, fails or panics never delays or stops the others. A
+//! handler whose queue is full misses the event (counted as `dropped`) instead of holding up the
+//! publisher and with it every other handler. Shutdown closes the queues and waits until every
+//! handler has processed what was queued before.
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Events queued per handler before `publish` waits for it (backpressure, not unbounded memory).
+/// Events queued per handler; beyond that the handler misses events (bounded memory).
 const QUEUE_CAPACITY: usize = 8192;
 
 pub type Handler<E> = Arc<dyn Fn(E) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -23,6 +25,7 @@ struct Counters {
     handled: AtomicU64,
     failed: AtomicU64,
     panicked: AtomicU64,
+    dropped: AtomicU64,
     last_failure: Mutex<Option<String>>,
 }
 
@@ -33,12 +36,14 @@ pub struct HandlerStatus {
     pub handled: u64,
     pub failed: u64,
     pub panicked: u64,
+    pub dropped: u64,
     pub last_failure: Option<String>,
 }
 
 struct Registered<E> {
     name: String,
     queue: mpsc::Sender<E>,
+    counters: Arc<Counters>,
 }
 
 /// `publish` after `shutdown` began.
@@ -106,22 +111,27 @@ impl<E: Clone + Send + 'static> EventBus<E> {
                 }
             }
         });
-        self.statuses.lock().push((name.to_owned(), counters));
+        self.statuses.lock().push((name.to_owned(), counters.clone()));
         self.tasks.lock().push(task);
         if let Some(handlers) = self.handlers.lock().as_mut() {
-            handlers.push(Registered { name: name.to_owned(), queue });
+            handlers.push(Registered { name: name.to_owned(), queue, counters });
         }
     }
 
-    /// Queues the event for every handler, waiting while a handler's queue is full.
-    pub async fn publish(&self, event: E) -> Result<(), Closed> {
-        let queues: Vec<(String, mpsc::Sender<E>)> = match self.handlers.lock().as_ref() {
-            Some(handlers) => handlers.iter().map(|h| (h.name.clone(), h.queue.clone())).collect(),
-            None => return Err(Closed),
-        };
-        for (name, queue) in queues {
-            if queue.send(event.clone()).await.is_err() {
-                tracing::error!(handler = %name, "handler task is gone; event not delivered to it");
+    /// Queues the event for every handler, without waiting for any of them.
+    pub fn publish(&self, event: E) -> Result<(), Closed> {
+        let handlers = self.handlers.lock();
+        let handlers = handlers.as_ref().ok_or(Closed)?;
+        for handler in handlers {
+            match handler.queue.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    handler.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(handler = %handler.name, "handler queue full; event dropped for it");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(handler = %handler.name, "handler task is gone; event not delivered to it");
+                }
             }
         }
         Ok(())
@@ -136,6 +146,7 @@ impl<E: Clone + Send + 'static> EventBus<E> {
                 handled: c.handled.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
                 panicked: c.panicked.load(Ordering::Relaxed),
+                dropped: c.dropped.load(Ordering::Relaxed),
                 last_failure: c.last_failure.lock().clone(),
             })
             .collect()

@@ -78,19 +78,19 @@ fn check_item(item: &str) -> Result<(), ApiError> {
 }
 
 impl App {
-    async fn emit(&self, event: DomainEvent) -> Result<(), ApiError> {
-        self.bus.publish(event).await.map_err(|closed| error(StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))
+    fn emit(&self, event: DomainEvent) -> Result<(), ApiError> {
+        self.bus.publish(event).map_err(|closed| error(StatusCode::SERVICE_UNAVAILABLE, closed.to_string()))
     }
 
     /// A measurement: the sample itself, plus a violation when it is outside the control limits.
-    async fn ingest(&self, item: String, value: f64) -> Result<(), ApiError> {
+    fn ingest(&self, item: String, value: f64) -> Result<(), ApiError> {
         check_item(&item)?;
         if !value.is_finite() {
             return Err(error(StatusCode::BAD_REQUEST, "value must be a finite number"));
         }
         let limits = self.limits.read().get(&item).copied().unwrap_or(Limits { lower: 9.0, upper: 11.0 });
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
-        self.emit(DomainEvent::Sample { item: item.clone(), value, sequence }).await?;
+        self.emit(DomainEvent::Sample { item: item.clone(), value, sequence })?;
         let broken = if value > limits.upper {
             Some("upper")
         } else if value < limits.lower {
@@ -100,7 +100,7 @@ impl App {
         };
         if let Some(limit) = broken {
             let id = self.violation_ids.fetch_add(1, Ordering::Relaxed) + 1;
-            self.emit(DomainEvent::Violation { id, item, value, limit }).await?;
+            self.emit(DomainEvent::Violation { id, item, value, limit })?;
         }
         Ok(())
     }
@@ -137,7 +137,7 @@ async fn post_samples(State(app): State<Shared>, Json(input): Json<SamplesInput>
         }
     }
     for sample in samples {
-        if let Err(refused) = app.ingest(sample.item, sample.value).await {
+        if let Err(refused) = app.ingest(sample.item, sample.value) {
             return refused.into_response();
         }
     }
@@ -157,7 +157,7 @@ async fn acknowledge(State(app): State<Shared>, Path(id): Path<u64>, Json(input)
     if id == 0 || id > app.violation_ids.load(Ordering::Relaxed) {
         return error(StatusCode::NOT_FOUND, format!("no violation {id}")).into_response();
     }
-    match app.emit(DomainEvent::Acknowledged { violation_id: id, by }).await {
+    match app.emit(DomainEvent::Acknowledged { violation_id: id, by }) {
         Ok(()) => Json(json!({})).into_response(),
         Err(refused) => refused.into_response(),
     }
@@ -171,7 +171,7 @@ async fn put_limits(State(app): State<Shared>, Path(item): Path<String>, Json(li
         return error(StatusCode::BAD_REQUEST, "limits must be finite numbers with lower < upper").into_response();
     }
     app.limits.write().insert(item.clone(), limits);
-    match app.emit(DomainEvent::ControlLimits { item, lower: limits.lower, upper: limits.upper }).await {
+    match app.emit(DomainEvent::ControlLimits { item, lower: limits.lower, upper: limits.upper }) {
         Ok(()) => Json(json!({})).into_response(),
         Err(refused) => refused.into_response(),
     }
@@ -276,7 +276,7 @@ fn simulate(app: Shared, every: Duration) {
                 let value = 10.0
                     + ((tick as f64) / 3.0 + n as f64).sin() * 0.8
                     + if tick.is_multiple_of(17) { 1.5 } else { 0.0 };
-                if app.ingest(item.to_string(), value).await.is_err() {
+                if app.ingest(item.to_string(), value).is_err() {
                     return; // shutting down
                 }
             }

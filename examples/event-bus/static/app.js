@@ -106,7 +106,7 @@ async function showHandlers() {
     $('handlers').replaceChildren(...statuses.map((h) => {
       const row = document.createElement('tr');
       row.id = `handler-${h.name}`;
-      for (const cell of [h.name, h.handled, h.failed, h.panicked, h.last_failure ?? '']) {
+      for (const cell of [h.name, h.handled, h.failed, h.panicked, h.dropped, h.last_failure ?? '']) {
         row.append(Object.assign(document.createElement('td'), { textContent: cell }));
       }
       return row;

@@ -25,16 +25,17 @@ for (const { key, allowed } of snapshot.schema) {
 }
 
 let applied = 0;
-function setValue(key, value) {
+function setValue(key, value, highlight = true) {
   const select = selects.get(key);
   if (!select) return;
   select.value = value;
   select.dataset.value = value;
   if (key === 'theme') document.body.dataset.theme = value;
+  if (!highlight) return;
   select.classList.add('changed');
   setTimeout(() => select.classList.remove('changed'), 800);
 }
-for (const [key, value] of Object.entries(snapshot.values)) setValue(key, value);
+for (const [key, value] of Object.entries(snapshot.values)) setValue(key, value, false);
 document.body.dataset.generation = snapshot.generation;
 
 async function fetchToken() {
