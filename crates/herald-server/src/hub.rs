@@ -441,7 +441,7 @@ mod tests {
     #[test]
     fn pending_subscription_buffers_until_its_reply_is_queued() {
         let hub = Hub::new();
-        let (handle, _control) = ClientHandle::new("c1".into(), 1 << 20);
+        let handle = ClientHandle::new("c1".into(), 1 << 20);
         let handle = Arc::new(handle);
         let subscription = Subscription::new(handle.clone(), false, View::everything(), Viewer::default());
         hub.add_subscription("ch", subscription.clone());
@@ -466,8 +466,8 @@ mod tests {
     #[test]
     fn last_unsubscribe_empties_the_channel() {
         let hub = Hub::new();
-        let (a, _) = ClientHandle::new("a".into(), 1024);
-        let (b, _) = ClientHandle::new("b".into(), 1024);
+        let a = ClientHandle::new("a".into(), 1024);
+        let b = ClientHandle::new("b".into(), 1024);
         assert!(
             hub.add_subscription("ch", Subscription::new(Arc::new(a), false, View::everything(), Viewer::default()))
         );
@@ -509,13 +509,13 @@ mod audience_properties {
             let hub = Hub::new();
             let mut inboxes = Vec::new();
             for (i, (user, roles)) in viewers.iter().enumerate() {
-                let (handle, control) = ClientHandle::new(format!("c{i}"), 1 << 20);
+                let handle = ClientHandle::new(format!("c{i}"), 1 << 20);
                 let handle = Arc::new(handle);
                 let viewer = Viewer { user: user.to_string(), roles: Arc::from(roles.clone()) };
                 let subscription = Subscription::new(handle.clone(), false, View::everything(), viewer.clone());
                 hub.add_subscription("ch", subscription.clone());
                 subscription.go_live(|_| Vec::new());
-                inboxes.push((viewer, handle, control));
+                inboxes.push((viewer, handle));
             }
             let publications: Vec<Arc<Publication>> = audiences
                 .iter()
@@ -535,7 +535,7 @@ mod audience_properties {
             // The same publications again, as one batch: each viewer gets one frame with exactly
             // the publications it is admitted to.
             hub.broadcast("ch", &publications, None);
-            for (viewer, handle, _) in &mut inboxes {
+            for (viewer, handle) in &mut inboxes {
                 let admitted: Vec<u64> = publications
                     .iter()
                     .filter(|p| p.audience().is_none_or(|a| {

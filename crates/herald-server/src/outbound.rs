@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Frames larger than this are written alone rather than packed with others.
 pub const PACK_LIMIT: usize = 64 * 1024;
@@ -113,24 +113,26 @@ pub struct ClientHandle {
     user: OnceLock<String>,
     queue: Mutex<Queue>,
     ready: Notify,
-    control: mpsc::UnboundedSender<Control>,
+    /// Orders for the session task. A deque that allocates only when used, rather than a
+    /// channel whose first block costs every idle connection a couple of kilobytes.
+    controls: Mutex<VecDeque<Control>>,
+    control_ready: Notify,
     queue_max_bytes: usize,
     overflowed: AtomicBool,
 }
 
 impl ClientHandle {
-    pub fn new(id: String, queue_max_bytes: usize) -> (Self, mpsc::UnboundedReceiver<Control>) {
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let handle = Self {
+    pub fn new(id: String, queue_max_bytes: usize) -> Self {
+        Self {
             id,
             user: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
-            control,
+            controls: Mutex::new(VecDeque::new()),
+            control_ready: Notify::new(),
             queue_max_bytes,
             overflowed: AtomicBool::new(false),
-        };
-        (handle, control_rx)
+        }
     }
 
     /// The authenticated user; empty for anonymous connections and before connect.
@@ -237,7 +239,7 @@ impl ClientHandle {
                 queue.conflatable = 0;
                 queue.gaps.clear();
             }
-            let _ = self.control.send(Control::Disconnect(Disconnect::SLOW));
+            self.control(Control::Disconnect(Disconnect::SLOW));
         }
     }
 
@@ -292,7 +294,22 @@ impl ClientHandle {
     }
 
     pub fn control(&self, order: Control) {
-        let _ = self.control.send(order);
+        self.controls.lock().push_back(order);
+        self.control_ready.notify_one();
+    }
+
+    /// Waits for the next order for the session task.
+    pub async fn next_control(&self) -> Control {
+        loop {
+            if let Some(order) = self.try_control() {
+                return order;
+            }
+            self.control_ready.notified().await;
+        }
+    }
+
+    pub fn try_control(&self) -> Option<Control> {
+        self.controls.lock().pop_front()
     }
 
     /// True once the queue overflowed: the writer discards what is still queued.
@@ -457,7 +474,7 @@ mod tests {
     #[test]
     fn sheds_low_before_normal_and_never_high() {
         // Room for exactly four frames.
-        let (handle, _control) = ClientHandle::new("c".into(), frame_size() * 4);
+        let handle = ClientHandle::new("c".into(), frame_size() * 4);
         let priorities = [Priority::Low, Priority::Normal, Priority::Low, Priority::High];
         for (i, priority) in priorities.into_iter().enumerate() {
             let (bytes, p) = publication("ch", i as u64 + 1, priority);
@@ -480,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_high_publication_that_cannot_fit_disconnects_the_client() {
-        let (handle, mut control) = ClientHandle::new("c".into(), frame_size() * 2);
+        let handle = ClientHandle::new("c".into(), frame_size() * 2);
         for offset in [1, 2] {
             let (bytes, p) = publication("ch", offset, Priority::Critical);
             assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
@@ -488,13 +505,13 @@ mod tests {
         let (bytes, p) = publication("ch", 3, Priority::High);
         assert_eq!(handle.send_publication(bytes, p), Queued::Refused);
         assert!(handle.overflowed());
-        assert!(matches!(control.try_recv(), Ok(Control::Disconnect(d)) if d.code == Disconnect::SLOW.code));
+        assert!(matches!(handle.try_control(), Some(Control::Disconnect(d)) if d.code == Disconnect::SLOW.code));
         assert!(handle.try_batch().is_none(), "the backlog is dropped; the client recovers it");
     }
 
     #[test]
     fn a_newer_update_replaces_the_queued_one_with_the_same_key() {
-        let (handle, _control) = ClientHandle::new("c".into(), 1 << 20);
+        let handle = ClientHandle::new("c".into(), 1 << 20);
         for (offset, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
             let (bytes, p) = publication("ch", offset, Priority::Normal);
             let p = Arc::new(PublicationFrame { conflate: Some(Arc::from(key)), ..(*p).clone() });
@@ -507,7 +524,7 @@ mod tests {
 
     #[test]
     fn replies_are_never_shed_and_taken_frames_free_the_queue() {
-        let (handle, mut control) = ClientHandle::new("c".into(), frame_size() * 2);
+        let handle = ClientHandle::new("c".into(), frame_size() * 2);
         let (bytes, p) = publication("ch", 1, Priority::Low);
         handle.send_publication(bytes, p);
         let reply = || Utf8Bytes::from("x".repeat(frame_size()));
@@ -522,12 +539,12 @@ mod tests {
         // With nothing left to shed, a reply that does not fit disconnects the client.
         assert!(!handle.send(reply()));
         assert!(handle.overflowed());
-        assert!(matches!(control.try_recv(), Ok(Control::Disconnect(_))));
+        assert!(matches!(handle.try_control(), Some(Control::Disconnect(_))));
     }
 
     #[test]
     fn an_empty_queue_takes_one_frame_larger_than_the_limit() {
-        let (handle, _control) = ClientHandle::new("c".into(), 16);
+        let handle = ClientHandle::new("c".into(), 16);
         assert!(handle.send(Utf8Bytes::from("r".repeat(1000))), "a large recovery reply still goes out");
         assert!(!handle.send(Utf8Bytes::from("more")));
     }
