@@ -96,6 +96,9 @@ struct Queue {
     bytes: usize,
     /// Queued entries that carry a conflation key; the replace scan runs only when some do.
     conflatable: usize,
+    /// Queued publication entries per priority (low, normal, high, critical): shedding scans only
+    /// for a priority that is there, and stops once none is left.
+    per_priority: [usize; 4],
     gaps: BTreeMap<Arc<str>, Gap>,
     close: Option<Disconnect>,
 }
@@ -207,12 +210,8 @@ impl ClientHandle {
                 }
             }
         }
-        if entry.publication.as_ref().is_some_and(|p| p.conflate.is_some()) {
-            queue.conflatable += 1;
-        }
         let was_idle = queue.entries.is_empty() && queue.gaps.is_empty();
-        queue.bytes += size;
-        queue.entries.push_back(entry);
+        queue.push(entry);
         let over = queue.gap_overflowed();
         drop(queue);
         if over {
@@ -234,10 +233,8 @@ impl ClientHandle {
             crate::metrics::slow_client();
             {
                 let mut queue = self.queue.lock();
-                let dropped: usize = queue.entries.drain(..).map(|e| e.bytes.len()).sum();
-                queue.bytes -= dropped;
-                queue.conflatable = 0;
-                queue.gaps.clear();
+                let close = queue.close.take();
+                *queue = Queue { close, ..Queue::default() };
             }
             self.control(Control::Disconnect(Disconnect::SLOW));
         }
@@ -269,14 +266,10 @@ impl ClientHandle {
             if taken > 0 && taken + entry.bytes.len() > PACK_LIMIT {
                 break;
             }
-            let Some(entry) = queue.entries.pop_front() else { break };
-            if entry.publication.as_ref().is_some_and(|p| p.conflate.is_some()) {
-                queue.conflatable -= 1;
-            }
+            let Some(entry) = queue.remove(0) else { break };
             taken += entry.bytes.len();
             batch.frames.push(entry.bytes);
         }
-        queue.bytes -= taken;
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
         }
@@ -318,7 +311,34 @@ impl ClientHandle {
     }
 }
 
+fn priority_index(priority: Priority) -> usize {
+    Priority::ALL.iter().position(|p| *p == priority).unwrap_or(1)
+}
+
 impl Queue {
+    fn push(&mut self, entry: Entry) {
+        self.bytes += entry.bytes.len();
+        if let Some(publication) = &entry.publication {
+            self.per_priority[priority_index(publication.priority)] += 1;
+            if publication.conflate.is_some() {
+                self.conflatable += 1;
+            }
+        }
+        self.entries.push_back(entry);
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Entry> {
+        let entry = self.entries.remove(index)?;
+        self.bytes -= entry.bytes.len();
+        if let Some(publication) = &entry.publication {
+            self.per_priority[priority_index(publication.priority)] -= 1;
+            if publication.conflate.is_some() {
+                self.conflatable -= 1;
+            }
+        }
+        Some(entry)
+    }
+
     /// Drops the queued frame that `newer` supersedes (same channel and conflation key).
     fn replace_superseded(&mut self, newer: &PublicationFrame) {
         let position = self.entries.iter().position(|entry| {
@@ -326,9 +346,7 @@ impl Queue {
                 queued.conflate.is_some() && queued.conflate == newer.conflate && queued.channel == newer.channel
             })
         });
-        if let Some(entry) = position.and_then(|i| self.entries.remove(i)) {
-            self.bytes -= entry.bytes.len();
-            self.conflatable -= 1;
+        if let Some(entry) = position.and_then(|i| self.remove(i)) {
             if let Some(publication) = &entry.publication {
                 // Superseded, not lost: the newer value is on its way, so no gap is signalled.
                 crate::metrics::shed(publication.priority, ShedReason::Conflated.as_str());
@@ -339,18 +357,19 @@ impl Queue {
     /// Sheds queued publications of exactly `priority`, oldest first, until `incoming` bytes fit.
     fn shed(&mut self, priority: Priority, incoming: usize, limit: usize) {
         let mut index = 0;
-        while index < self.entries.len() && self.bytes > 0 && self.bytes + incoming > limit {
+        let count = priority_index(priority);
+        while self.per_priority[count] > 0
+            && index < self.entries.len()
+            && self.bytes > 0
+            && self.bytes + incoming > limit
+        {
             let matches = self.entries[index].publication.as_ref().is_some_and(|p| p.priority == priority);
             if !matches {
                 index += 1;
                 continue;
             }
-            let Some(entry) = self.entries.remove(index) else { break };
-            self.bytes -= entry.bytes.len();
+            let Some(entry) = self.remove(index) else { break };
             if let Some(publication) = &entry.publication {
-                if publication.conflate.is_some() {
-                    self.conflatable -= 1;
-                }
                 self.record_gap(publication, ShedReason::QueueFull);
             }
         }
