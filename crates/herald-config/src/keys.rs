@@ -165,6 +165,25 @@ const KEYS: &[(&str, &str)] = &[
     doc("storage.data_dir", "directory of the embedded store (`herald serve --data-dir`)"),
     doc("storage.fsync", "`always`: a publish is answered once durable; `interval`: flushed every fsync_interval (a crash may lose that window)"),
     doc("storage.fsync_interval", "flush period with fsync = interval"),
+    doc("engine.type", "`memory`: one node (history per `storage.engine`); `redis`: nodes share streams, history, presence and cursors through Redis"),
+    doc("engine.redis", "the Redis engine (the keys below)"),
+    doc("engine.redis.address", "the Redis (or Valkey) server: `redis://host:port`, `host:port`, `rediss://` or `unix://`; one server"),
+    doc("engine.redis.prefix", "start of every key and Pub/Sub channel, so clusters (and tests) can share a server"),
+    doc("engine.redis.connect_timeout", "how long connecting to Redis may take"),
+    doc("engine.redis.io_timeout", "how long one Redis command may take before it fails as unavailable"),
+    doc("engine.redis.db", "Redis database number"),
+    doc("engine.redis.user", "Redis ACL user"),
+    doc("engine.redis.password", "Redis password"),
+    doc("engine.redis.client_name", "name the connections give themselves (CLIENT SETNAME)"),
+    doc("engine.redis.cluster_address", "Redis Cluster seeds: not supported yet, loading fails when set"),
+    doc("engine.redis.sentinel_address", "Sentinel addresses: not supported yet, loading fails when set"),
+    doc("engine.redis.sentinel_user", "Sentinel ACL user (for when Sentinel is supported)"),
+    doc("engine.redis.sentinel_password", "Sentinel password (for when Sentinel is supported)"),
+    doc("engine.redis.sentinel_master_name", "name of the master the Sentinels watch (for when Sentinel is supported)"),
+    doc("engine.redis.sentinel_client_name", "Sentinel connection name (for when Sentinel is supported)"),
+    doc("engine.redis.presence_ttl", "a presence entry expires this long after its node last refreshed it (every third of it): a dead node's members go"),
+    doc("engine.redis.pubsub_shards", "Herald: Pub/Sub connections per node; each channel is hashed to one"),
+    doc("engine.redis.node_ttl", "Herald: a node stays in `info` this long after its last heartbeat (sent every third of it)"),
     doc("delivery.expired_channel", "channel that receives an event for every expired acknowledged delivery; empty: none"),
 ];
 
@@ -174,7 +193,6 @@ const KEYS: &[(&str, &str)] = &[
 /// `internal/configtypes`); a few v5 top-level names are kept so old files warn instead of failing.
 pub(crate) const UNSUPPORTED: &[&str] = &[
     // Top-level sections.
-    "engine",
     "broker",
     "presence_manager",
     "map_broker",
@@ -209,6 +227,13 @@ pub(crate) const UNSUPPORTED: &[&str] = &[
     "tls_autocert",
     "tls_external",
     "http3",
+    // engine.redis.
+    "engine.redis.force_resp2",
+    "engine.redis.tls",
+    "engine.redis.sentinel_tls",
+    "engine.redis.history_use_lists",
+    "engine.redis.presence_hash_field_ttl",
+    "engine.redis.presence_user_mapping",
     // http_server.
     "http_server.internal_address",
     "http_server.internal_port",
@@ -452,6 +477,9 @@ pub fn explain(path: &str, reason: &str) -> (String, String) {
                     "websocket",
                     "prometheus",
                     "health",
+                    "storage",
+                    "delivery",
+                    "engine",
                 ])
                 .into_iter()
                 .flatten(),

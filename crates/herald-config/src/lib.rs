@@ -31,6 +31,101 @@ pub struct Config {
     pub health: Health,
     pub storage: Storage,
     pub delivery: Delivery,
+    pub engine: Engine,
+}
+
+/// Where streams, history, presence and node information live when several nodes share them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Engine {
+    /// `memory`: this node alone (history kept by `storage.engine`); `redis`: a cluster of nodes
+    /// sharing one Redis (or Valkey) server, which then keeps history instead of `storage`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: RedisEngine,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self { kind: "memory".into(), redis: RedisEngine::default() }
+    }
+}
+
+/// Centrifugo v6's `engine.redis`, plus Herald's own keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisEngine {
+    /// `redis://host:port` (or `host:port`, `rediss://`, `unix://`); one server for now. A
+    /// single string is accepted too, as in Centrifugo.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Every key and Pub/Sub channel starts with this, so unrelated clusters share a server.
+    pub prefix: String,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration")]
+    pub io_timeout: Duration,
+    pub db: u16,
+    pub user: String,
+    pub password: String,
+    pub client_name: String,
+    /// Redis Cluster seed addresses (not supported yet: loading fails when set).
+    #[serde(deserialize_with = "one_or_many")]
+    pub cluster_address: Vec<String>,
+    /// Sentinel addresses (not supported yet: loading fails when set).
+    #[serde(deserialize_with = "one_or_many")]
+    pub sentinel_address: Vec<String>,
+    pub sentinel_user: String,
+    pub sentinel_password: String,
+    pub sentinel_master_name: String,
+    pub sentinel_client_name: String,
+    /// How long a presence entry outlives the last refresh by its node (refreshed every third of it).
+    #[serde(with = "duration")]
+    pub presence_ttl: Duration,
+    /// Herald: Pub/Sub connections per node; each channel is hashed to one of them.
+    pub pubsub_shards: usize,
+    /// Herald: how long a node stays listed in `info` after its last heartbeat (sent every third of it).
+    #[serde(with = "duration")]
+    pub node_ttl: Duration,
+}
+
+impl Default for RedisEngine {
+    fn default() -> Self {
+        Self {
+            address: vec!["redis://127.0.0.1:6379".into()],
+            prefix: "herald".into(),
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(4),
+            db: 0,
+            user: String::new(),
+            password: String::new(),
+            client_name: String::new(),
+            cluster_address: Vec::new(),
+            sentinel_address: Vec::new(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
+            sentinel_master_name: String::new(),
+            sentinel_client_name: String::new(),
+            presence_ttl: Duration::from_secs(60),
+            pubsub_shards: 4,
+            node_ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A list, or one string standing for a list of one (Centrifugo accepts both for addresses).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) if one.is_empty() => Vec::new(),
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 /// Acknowledged delivery (Herald's own section).
@@ -583,6 +678,56 @@ fn validate_namespace(path: &str, options: &NamespaceOptions) -> Result<(), Conf
     Ok(())
 }
 
+fn validate_engine(engine: &Engine) -> Result<(), ConfigError> {
+    if !["memory", "redis"].contains(&engine.kind.as_str()) {
+        return Err(invalid("engine.type", format!("{:?} is not memory or redis", engine.kind)));
+    }
+    if engine.kind != "redis" {
+        return Ok(());
+    }
+    let redis = &engine.redis;
+    if !redis.cluster_address.is_empty() {
+        return Err(invalid(
+            "engine.redis.cluster_address",
+            "Redis Cluster is not supported yet; use engine.redis.address",
+        ));
+    }
+    if !redis.sentinel_address.is_empty() {
+        return Err(invalid(
+            "engine.redis.sentinel_address",
+            "Redis Sentinel is not supported yet; use engine.redis.address",
+        ));
+    }
+    match redis.address.as_slice() {
+        [] => return Err(invalid("engine.redis.address", "must name the Redis server")),
+        [one] if one.trim().is_empty() => return Err(invalid("engine.redis.address", "must name the Redis server")),
+        [_] => {}
+        _ => {
+            return Err(invalid(
+                "engine.redis.address",
+                "sharding over several Redis servers is not supported yet; give one address",
+            ))
+        }
+    }
+    if redis.prefix.is_empty() || redis.prefix.chars().any(char::is_whitespace) {
+        return Err(invalid("engine.redis.prefix", "must be a non-empty name without whitespace"));
+    }
+    for (key, value) in [
+        ("engine.redis.connect_timeout", redis.connect_timeout),
+        ("engine.redis.io_timeout", redis.io_timeout),
+        ("engine.redis.presence_ttl", redis.presence_ttl),
+        ("engine.redis.node_ttl", redis.node_ttl),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(key, "must be greater than zero"));
+        }
+    }
+    if redis.pubsub_shards == 0 || redis.pubsub_shards > 64 {
+        return Err(invalid("engine.redis.pubsub_shards", "must be between 1 and 64"));
+    }
+    Ok(())
+}
+
 fn validate(config: &Config) -> Result<(), ConfigError> {
     let client = &config.client;
     if client.ping_interval.is_zero() {
@@ -627,6 +772,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.storage.engine == "redb" && config.storage.data_dir.is_empty() {
         return Err(invalid("storage.data_dir", "must name a directory"));
     }
+    validate_engine(&config.engine)?;
     if !config.delivery.expired_channel.is_empty() && config.delivery.expired_channel.chars().any(char::is_whitespace) {
         return Err(invalid("delivery.expired_channel", "a channel name has no whitespace"));
     }

@@ -136,10 +136,11 @@ fn a_centrifugo_v6_config_loads_with_warnings() {
     assert_eq!(chat.history_size, 10);
     assert!(chat.force_recovery);
     assert_eq!(loaded.config.client.token.hmac_secret_key, "secret");
+    assert_eq!(loaded.config.engine.kind, "redis");
+    assert_eq!(loaded.config.engine.redis.address, vec!["redis://localhost:6379"]);
     let warnings = loaded.warnings.join("\n");
-    for key in
-        ["admin", "engine", "client.subscribe_to_user_personal_channel", "channel.namespaces[0].subscribe_proxy_name"]
-    {
+    assert!(!warnings.contains("`engine"), "engine.type and engine.redis.address are supported: {warnings}");
+    for key in ["admin", "client.subscribe_to_user_personal_channel", "channel.namespaces[0].subscribe_proxy_name"] {
         assert!(warnings.contains(&format!("`{key}`")), "no warning for {key}: {warnings}");
     }
 }
@@ -335,6 +336,7 @@ engine:
   type: redis
   redis:
     address: redis://localhost:6379
+    presence_user_mapping: true
 channel:
   history_meta_ttl: 720h
   without_namespace:
@@ -359,7 +361,7 @@ prometheus:
     for key in [
         "http_server.internal_port",
         "client.token.jwks_public_endpoint",
-        "engine",
+        "engine.redis.presence_user_mapping",
         "channel.history_meta_ttl",
         "channel.without_namespace.force_recovery_mode",
         "channel.namespaces[0].delta_publish",
@@ -402,4 +404,45 @@ fn the_documented_example_loads() {
     let orders = loaded.config.namespace_options("orders").expect("the example's second namespace");
     assert!(orders.require_ack && orders.allow_recovery);
     assert_eq!(loaded.config.log.format, "json");
+}
+
+#[test]
+fn the_redis_engine_keys_load_and_are_checked() {
+    let env = vec![
+        ("HERALD_ENGINE_TYPE".to_owned(), "redis".to_owned()),
+        ("HERALD_ENGINE_REDIS_ADDRESS".to_owned(), "127.0.0.1:6390".to_owned()),
+        ("HERALD_ENGINE_REDIS_PREFIX".to_owned(), "test-1".to_owned()),
+        ("HERALD_ENGINE_REDIS_PRESENCE_TTL".to_owned(), "2s".to_owned()),
+    ];
+    let config = load(None, env).unwrap().config;
+    assert_eq!(config.engine.kind, "redis");
+    assert_eq!(config.engine.redis.address, vec!["127.0.0.1:6390"]);
+    assert_eq!(config.engine.redis.prefix, "test-1");
+    assert_eq!(config.engine.redis.presence_ttl, Duration::from_secs(2));
+
+    let listed =
+        load_str(r#"{"engine": {"type": "redis", "redis": {"address": ["redis://a:1"]}}}"#, Format::Json, no_env());
+    assert_eq!(listed.unwrap().config.engine.redis.address, vec!["redis://a:1"]);
+    for (text, key) in [
+        (r#"{"engine": {"type": "etcd"}}"#, "engine.type"),
+        (
+            r#"{"engine": {"type": "redis", "redis": {"address": ["redis://a:1", "redis://b:1"]}}}"#,
+            "engine.redis.address",
+        ),
+        (
+            r#"{"engine": {"type": "redis", "redis": {"cluster_address": ["redis://a:1"]}}}"#,
+            "engine.redis.cluster_address",
+        ),
+        (
+            r#"{"engine": {"type": "redis", "redis": {"sentinel_address": "redis://a:1"}}}"#,
+            "engine.redis.sentinel_address",
+        ),
+        (r#"{"engine": {"type": "redis", "redis": {"prefix": ""}}}"#, "engine.redis.prefix"),
+        (r#"{"engine": {"type": "redis", "redis": {"presence_ttl": "0s"}}}"#, "engine.redis.presence_ttl"),
+        (r#"{"engine": {"type": "redis", "redis": {"pubsub_shards": 0}}}"#, "engine.redis.pubsub_shards"),
+        (r#"{"engine": {"redis": {"adress": "x"}}}"#, "engine.redis.adress"),
+    ] {
+        let error = error_of(text, Format::Json);
+        assert!(error.contains(key), "{text}: {error}");
+    }
 }

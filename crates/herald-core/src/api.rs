@@ -146,7 +146,7 @@ pub struct ChannelsResult {
     pub channels: BTreeMap<String, ChannelInfo>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,

@@ -322,13 +322,14 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
         "channels" => {
             let request: ChannelsRequest = parse(body)?;
             let channels = node
-                .channels(&request.pattern)
+                .cluster_channels(&request.pattern)
+                .await?
                 .into_iter()
                 .map(|(name, num_clients)| (name, ChannelInfo { num_clients }))
                 .collect();
             to_raw(&ChannelsResult { channels })
         }
-        "info" => to_raw(&InfoResult { nodes: vec![node.info()] }),
+        "info" => to_raw(&InfoResult { nodes: node.cluster_info().await? }),
         "publish_change" => {
             let request: herald_core::change::ChangeRequest = parse(body)?;
             to_raw(&node.inner.publish(Publish::change(request)?, "api").await?)

@@ -207,6 +207,17 @@ impl BrokerEventHandler for HubDelivery {
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
         self.hub.broadcast_join_leave(channel, "leave", info);
     }
+    fn handle_resubscribe(&self, channel: &str) {
+        let clients = self.hub.channel_clients(channel);
+        tracing::warn!(%channel, subscribers = clients.len(), "stream lost publications; subscribers must resubscribe");
+        for client in clients {
+            client.control(crate::outbound::Control::Unsubscribe {
+                channel: channel.to_owned(),
+                code: herald_core::codes::unsubscribe::INSUFFICIENT_STATE,
+                reason: "insufficient state".into(),
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -285,6 +285,12 @@ impl Hub {
         self.channels.iter().map(|shard| shard.read().values().map(|c| c.count).sum::<usize>()).sum()
     }
 
+    /// The connections subscribed to `channel` on this node.
+    pub fn channel_clients(&self, channel: &str) -> Vec<Arc<ClientHandle>> {
+        let shard = self.channels[shard_of(channel)].read();
+        shard.get(channel).map(|c| c.all().map(|s| s.client.clone()).collect()).unwrap_or_default()
+    }
+
     pub fn channels(&self) -> Vec<ChannelCount> {
         let mut out = Vec::new();
         for shard in &self.channels {

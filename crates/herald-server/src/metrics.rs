@@ -92,3 +92,13 @@ pub fn ack_retry() {
 pub fn ack_expired() {
     counter!("herald_ack_expired_total").increment(1);
 }
+
+/// A call failed because the engine (Redis) could not be reached.
+pub fn engine_unavailable() {
+    counter!("herald_engine_unavailable_errors_total").increment(1);
+}
+
+/// 1 while the engine can serve calls, 0 while it cannot; set when `/metrics` is read.
+pub fn engine_state(state: &crate::engine::EngineState) {
+    gauge!("herald_engine_available", "engine" => state.engine).set(if state.available { 1.0 } else { 0.0 });
+}

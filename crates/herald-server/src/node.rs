@@ -6,7 +6,8 @@ use crate::auth::TokenVerifier;
 use crate::delivery::HubDelivery;
 use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
-    Broker, EngineError, HistoryFilter, HistoryPage, PresenceManager, PresenceStats, PublishOptions, StreamPosition,
+    Broker, EngineError, EngineState, HistoryFilter, HistoryPage, NodeRegistry, NodeSnapshot,
+    PresenceManager, PresenceStats, PublishOptions, StreamPosition,
 };
 use crate::hub::Hub;
 use crate::metrics;
@@ -116,6 +117,8 @@ pub(crate) struct NodeInner {
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceManager>,
+    /// The other nodes of a cluster; `None` for a node alone.
+    pub registry: Option<Arc<dyn NodeRegistry>>,
     pub tokens: TokenVerifier,
     pub rpc_handlers: RwLock<HashMap<String, RpcHandler>>,
     pub message_handler: RwLock<Option<MessageHandler>>,
@@ -138,6 +141,7 @@ pub struct NodeBuilder {
     config: Config,
     broker: Option<Arc<dyn Broker>>,
     presence: Option<Arc<dyn PresenceManager>>,
+    registry: Option<Arc<dyn NodeRegistry>>,
     name: Option<String>,
 }
 
@@ -149,6 +153,12 @@ impl NodeBuilder {
 
     pub fn presence(mut self, presence: Arc<dyn PresenceManager>) -> Self {
         self.presence = Some(presence);
+        self
+    }
+
+    /// Makes the node one of a cluster: it sends heartbeats, and `info`/`channels` cover all nodes.
+    pub fn registry(mut self, registry: Arc<dyn NodeRegistry>) -> Self {
+        self.registry = Some(registry);
         self
     }
 
@@ -194,6 +204,7 @@ impl NodeBuilder {
                 hub,
                 broker,
                 presence,
+                registry: self.registry,
                 tokens,
                 rpc_handlers: RwLock::new(HashMap::new()),
                 message_handler: RwLock::new(None),
@@ -206,7 +217,8 @@ impl NodeBuilder {
                 channel_regexes,
             }),
         }
-        .with_ack_ticker())
+        .with_ack_ticker()
+        .with_heartbeat())
     }
 }
 
@@ -243,9 +255,20 @@ impl Node {
     }
 }
 
-fn engine_error(error: EngineError) -> ProtocolError {
-    tracing::error!(%error, "engine call failed");
-    ProtocolError::internal()
+/// Engine failures are temporary errors for callers: an unreachable engine says so, so clients
+/// and API callers retry instead of treating the publish as lost or refused.
+pub(crate) fn engine_error(error: EngineError) -> ProtocolError {
+    match error {
+        EngineError::Unavailable(reason) => {
+            tracing::warn!(%reason, "engine unavailable");
+            metrics::engine_unavailable();
+            ProtocolError::internal().with_message("engine unavailable, retry later")
+        }
+        EngineError::Internal(reason) => {
+            tracing::error!(%reason, "engine call failed");
+            ProtocolError::internal()
+        }
+    }
 }
 
 fn unix_millis() -> u64 {
@@ -253,13 +276,46 @@ fn unix_millis() -> u64 {
 }
 
 impl Node {
+    /// Sends this node's snapshot to the registry while the node lives, and takes it out at
+    /// shutdown (when built inside a tokio runtime and part of a cluster).
+    fn with_heartbeat(self) -> Self {
+        let Some(registry) = self.inner.registry.clone() else { return self };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return self };
+        let node = Arc::downgrade(&self.inner);
+        let shutdown = self.inner.shutdown.clone();
+        let id = self.inner.id.clone();
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(registry.heartbeat_interval());
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                let Some(inner) = node.upgrade() else { return };
+                let snapshot = Node { inner }.snapshot();
+                if let Err(error) = registry.heartbeat(&snapshot).await {
+                    tracing::warn!(%error, "node heartbeat failed");
+                }
+            }
+            if let Err(error) = registry.deregister(&id).await {
+                tracing::warn!(%error, "node deregistration failed");
+            }
+        });
+        self
+    }
+
+    fn snapshot(&self) -> NodeSnapshot {
+        NodeSnapshot { info: self.info(), channels: self.channels("") }
+    }
+
     /// A node with the in-memory engine.
     pub fn new(config: Config) -> Result<Self, NodeError> {
         Self::builder(config).build()
     }
 
     pub fn builder(config: Config) -> NodeBuilder {
-        NodeBuilder { config, broker: None, presence: None, name: None }
+        NodeBuilder { config, broker: None, presence: None, registry: None, name: None }
     }
 
     pub fn config(&self) -> &Config {
@@ -388,6 +444,47 @@ impl Node {
             num_channels: hub.channels().len() as u32,
             uptime: self.inner.started.elapsed().as_secs(),
         }
+    }
+
+    /// Every live node of the cluster (this one with its current counts); this node alone
+    /// without a registry.
+    pub async fn cluster_info(&self) -> Result<Vec<NodeInfo>, ProtocolError> {
+        let own = self.info();
+        let Some(registry) = &self.inner.registry else { return Ok(vec![own]) };
+        let mut nodes: Vec<NodeInfo> = registry
+            .nodes()
+            .await
+            .map_err(engine_error)?
+            .into_iter()
+            .map(|s| s.info)
+            .filter(|info| info.uid != own.uid)
+            .collect();
+        nodes.push(own);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uid.cmp(&b.uid)));
+        Ok(nodes)
+    }
+
+    /// Channels with subscribers on any node, with the sum of their counts (other nodes as of
+    /// their last heartbeat), matching an optional glob-like pattern.
+    pub async fn cluster_channels(&self, pattern: &str) -> Result<BTreeMap<String, u32>, ProtocolError> {
+        let mut channels = self.channels(pattern);
+        let Some(registry) = &self.inner.registry else { return Ok(channels) };
+        for snapshot in registry.nodes().await.map_err(engine_error)? {
+            if snapshot.info.uid == self.inner.id {
+                continue;
+            }
+            for (channel, count) in snapshot.channels {
+                if pattern.is_empty() || glob_match(pattern, &channel) {
+                    *channels.entry(channel).or_insert(0) += count;
+                }
+            }
+        }
+        Ok(channels)
+    }
+
+    /// Whether the engine can serve calls now.
+    pub fn engine_state(&self) -> EngineState {
+        self.inner.broker.state()
     }
 
     /// Subscribes connections of `user` (or the one `client`) to a channel, server-side.

@@ -153,6 +153,8 @@ async fn health_and_metrics() {
     assert_eq!(bad.closed().await.code, 3501);
     let health = reqwest::get(format!("http://{}/health", server.addr)).await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["engine"], json!({"engine": "memory", "available": true}), "{health}");
     let metrics = reqwest::get(format!("http://{}/metrics", server.addr)).await.unwrap().text().await.unwrap();
     for name in [
         "herald_connections",
@@ -161,6 +163,7 @@ async fn health_and_metrics() {
         "herald_deliveries_total",
         "herald_errors_total",
         "herald_command_duration_seconds",
+        "herald_engine_available",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }

@@ -551,6 +551,10 @@ impl Broker for DurableBroker {
     async fn cursor(&self, user: &str, channel: &str) -> Result<Option<StreamPosition>, EngineError> {
         self.memory.cursor(user, channel).await
     }
+
+    fn state(&self) -> herald_server::engine::EngineState {
+        herald_server::engine::EngineState { engine: "redb", available: true, error: None }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod support {
         }
         fn handle_join(&self, _: &str, _: &ClientInfo) {}
         fn handle_leave(&self, _: &str, _: &ClientInfo) {}
+        fn handle_resubscribe(&self, _: &str) {}
     }
 }
 

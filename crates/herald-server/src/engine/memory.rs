@@ -374,6 +374,7 @@ mod tests {
         }
         fn handle_join(&self, _: &str, _: &ClientInfo) {}
         fn handle_leave(&self, _: &str, _: &ClientInfo) {}
+        fn handle_resubscribe(&self, _: &str) {}
     }
 
     fn publication(n: u32) -> Publication {

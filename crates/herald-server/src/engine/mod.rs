@@ -8,6 +8,7 @@
 pub mod memory;
 
 use async_trait::async_trait;
+use herald_core::api::NodeInfo;
 use herald_core::protocol::{ClientInfo, Publication};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,6 +77,20 @@ pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>);
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
+    /// The broker lost publications of `channel` it cannot fill from history (trimmed, or the
+    /// stream got a new epoch): this node's subscribers must resubscribe and recover.
+    fn handle_resubscribe(&self, channel: &str);
+}
+
+/// Whether the engine can serve calls now, for `/health` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineState {
+    /// `memory`, `redb`, `redis`.
+    pub engine: &'static str,
+    pub available: bool,
+    /// Why it is unavailable (the last connection error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[async_trait]
@@ -106,6 +121,32 @@ pub trait Broker: Send + Sync + 'static {
     async fn save_cursor(&self, user: &str, channel: &str, position: &StreamPosition) -> Result<(), EngineError>;
     /// A user's durable cursor on a channel, if it acknowledged anything there.
     async fn cursor(&self, user: &str, channel: &str) -> Result<Option<StreamPosition>, EngineError>;
+
+    /// In-process engines are always available; a networked one reports its connection.
+    fn state(&self) -> EngineState {
+        EngineState { engine: "memory", available: true, error: None }
+    }
+}
+
+/// What one node tells the others in its heartbeat.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct NodeSnapshot {
+    pub info: NodeInfo,
+    /// Channels with subscribers on that node, with their counts.
+    pub channels: BTreeMap<String, u32>,
+}
+
+/// The nodes of a cluster: each registers itself with a heartbeat and expires when it stops.
+#[async_trait]
+pub trait NodeRegistry: Send + Sync + 'static {
+    /// Publishes this node's snapshot; it stays listed for the registry's TTL.
+    async fn heartbeat(&self, snapshot: &NodeSnapshot) -> Result<(), EngineError>;
+    /// Removes this node at a graceful shutdown, so it does not linger until its TTL.
+    async fn deregister(&self, node_id: &str) -> Result<(), EngineError>;
+    /// The live nodes as of their last heartbeats (this one included once it sent one).
+    async fn nodes(&self) -> Result<Vec<NodeSnapshot>, EngineError>;
+    /// How often `heartbeat` must be called.
+    fn heartbeat_interval(&self) -> Duration;
 }
 
 #[async_trait]
