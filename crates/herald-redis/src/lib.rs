@@ -15,7 +15,7 @@
 //!   node refreshes its entries, so a dead node's members expire after `presence_ttl`.
 //! - Each node registers itself (with its counts and channels) under a heartbeat ([`registry`]).
 
-mod keys;
+pub mod keys;
 mod pubsub;
 mod registry;
 pub mod scripts;
@@ -27,7 +27,7 @@ use herald_server::engine::{
     Broker, BrokerEventHandler, EngineError, EngineState, HistoryFilter, HistoryPage, PresenceManager, PresenceStats,
     PublishOptions, PublishOutcome, StreamPosition, IDEMPOTENCY_WINDOW,
 };
-use keys::Keys;
+pub use keys::Keys;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
