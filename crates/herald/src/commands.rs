@@ -91,7 +91,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("cannot listen on {bind}"))?;
     let local = listener.local_addr().context("listener address")?;
     let timeout = config.shutdown.timeout;
-    let node = if config.storage.engine == "redb" {
+    let mut registry: Option<std::sync::Arc<herald_redis::RedisRegistry>> = None;
+    let node = if config.engine.kind == "redis" {
+        let options = herald_redis::RedisOptions::from_config(&config.engine.redis);
+        let engine = herald_redis::RedisEngine::start(options.clone()).map_err(|e| anyhow!("redis engine: {e}"))?;
+        if !engine.wait_connected(options.connect_timeout.max(Duration::from_secs(2))).await {
+            tracing::warn!(address = %options.address, "redis is not reachable yet; publishes fail as unavailable until it is");
+        }
+        tracing::info!(address = %options.address, prefix = %options.prefix, "redis engine: history, presence and cursors live in redis (storage.* is not used)");
+        let shared = std::sync::Arc::new(engine.registry());
+        registry = Some(shared.clone());
+        let engine = std::sync::Arc::new(engine);
+        Node::builder(config)
+            .broker(engine.clone())
+            .presence(engine)
+            .registry(shared)
+            .build()
+            .map_err(|e| anyhow!("{e}"))?
+    } else if config.storage.engine == "redb" {
         let store = herald_store::DurableBroker::open(herald_store::StoreOptions::from_config(&config))
             .map_err(|e| anyhow!("storage: {e}"))?;
         let recovered = store.recovered().clone();
@@ -115,7 +132,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         "herald: listening on http://{local} (WebSocket ws://{local}/connection/websocket, API http://{local}/api)"
     );
     let _ = std::io::stdout().flush();
+    let node_id = node.id().to_owned();
     herald_server::serve(node, listener, herald_server::shutdown_signal(), timeout).await.context("server")?;
+    if let Some(registry) = registry {
+        use herald_server::engine::NodeRegistry;
+        if let Err(error) = registry.deregister(&node_id).await {
+            tracing::warn!(%error, "cannot remove this node from the cluster's list; it drops out after engine.redis.node_ttl");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
