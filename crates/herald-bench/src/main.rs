@@ -51,6 +51,10 @@ pub struct FanoutArgs {
     /// nats (WebSocket listener) 127.0.0.1:9222.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Subscribers connect to these addresses in turn (repeatable), for a cluster of nodes;
+    /// publications still go to `--addr`. Default: `--addr`.
+    #[arg(long = "subscriber-addr")]
+    pub subscriber_addrs: Vec<String>,
     /// NATS plain TCP address, used by `--publish-over tcp` (the default for nats).
     #[arg(long, default_value = "127.0.0.1:4222")]
     pub nats_tcp: String,

@@ -158,7 +158,11 @@ async fn session(
             .await
             .context("timed out waiting for a connection slot")??,
     );
-    let url = url(args.target, &shared.addr, &args.channel);
+    let addr = match args.subscriber_addrs.as_slice() {
+        [] => &shared.addr,
+        addrs => &addrs[index % addrs.len()],
+    };
+    let url = url(args.target, addr, &args.channel);
     let connect = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true);
     let (mut socket, _) = tokio::time::timeout_at(deadline.into(), connect)
         .await

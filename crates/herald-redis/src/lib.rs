@@ -193,6 +193,8 @@ pub(crate) struct Inner {
     health: Health,
     /// Presence entries this node owns and refreshes: (channel, client id) -> info JSON.
     presence: Mutex<HashMap<(String, String), String>>,
+    /// Held by a refresh and by removals, so a refresh cannot re-add an entry removed meanwhile.
+    presence_refresh: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
 }
 
@@ -231,6 +233,7 @@ impl RedisEngine {
             shards,
             health: Health::default(),
             presence: Mutex::new(HashMap::new()),
+            presence_refresh: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
         });
         inner.health.pubsub_down.store(inner.shards.len(), Ordering::Relaxed);
@@ -602,6 +605,7 @@ impl PresenceManager for RedisEngine {
     }
 
     async fn remove_presence(&self, channel: &str, client_id: &str) -> Result<(), EngineError> {
+        let _no_refresh = self.inner.presence_refresh.lock().await;
         self.inner.presence.lock().remove(&(channel.to_owned(), client_id.to_owned()));
         let keys = &self.inner.keys;
         remove_expiring(&self.inner, keys.presence_expiry(channel), keys.presence(channel), client_id).await
@@ -642,6 +646,7 @@ async fn refresh_presence(inner: std::sync::Weak<Inner>, shutdown: CancellationT
             _ = shutdown.cancelled() => return,
         }
         let Some(inner) = inner.upgrade() else { return };
+        let _no_removals = inner.presence_refresh.lock().await;
         let entries: Vec<((String, String), String)> =
             inner.presence.lock().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if entries.is_empty() {
