@@ -34,6 +34,8 @@ struct Cli {
     fanout: FanoutArgs,
 }
 
+// Parsed once at start: the size of the arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// One publisher, N subscribers on one channel: deliveries/s, missing deliveries, latency.

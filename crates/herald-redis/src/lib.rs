@@ -21,7 +21,7 @@ mod registry;
 pub mod scripts;
 
 use async_trait::async_trait;
-use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Publication, PublicationMeta, RawJson};
+use herald_core::protocol::{AckPolicy, Audience, ClientInfo, Priority, Publication, PublicationMeta, RawJson};
 use herald_server::engine::memory::new_epoch;
 use herald_server::engine::{
     Broker, BrokerEventHandler, EngineError, EngineState, HistoryFilter, HistoryPage, PresenceManager, PresenceStats,
@@ -127,6 +127,8 @@ struct WirePublication {
     patch_data: Option<RawJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ack: Option<AckPolicy>,
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    priority: Priority,
 }
 
 fn encode_publication(publication: &Publication) -> Result<String, EngineError> {
@@ -139,6 +141,7 @@ fn encode_publication(publication: &Publication) -> Result<String, EngineError> 
         audience: meta.and_then(|m| m.audience.clone()),
         patch_data: meta.and_then(|m| m.patch_data.clone()),
         ack: meta.and_then(|m| m.ack),
+        priority: meta.map_or(Priority::Normal, |m| m.priority),
     };
     serde_json::to_string(&wire).map_err(|e| EngineError::Internal(format!("cannot encode a publication: {e}")))
 }
@@ -146,8 +149,16 @@ fn encode_publication(publication: &Publication) -> Result<String, EngineError> 
 fn decode_publication(offset: u64, payload: &[u8]) -> Result<Publication, EngineError> {
     let wire: WirePublication = serde_json::from_slice(payload)
         .map_err(|e| EngineError::Internal(format!("undecodable publication at offset {offset}: {e}")))?;
-    let meta = (wire.audience.is_some() || wire.patch_data.is_some() || wire.ack.is_some())
-        .then(|| Arc::new(PublicationMeta { audience: wire.audience, patch_data: wire.patch_data, ack: wire.ack }));
+    let meta =
+        (wire.audience.is_some() || wire.patch_data.is_some() || wire.ack.is_some() || !wire.priority.is_normal())
+            .then(|| {
+                Arc::new(PublicationMeta {
+                    audience: wire.audience,
+                    patch_data: wire.patch_data,
+                    ack: wire.ack,
+                    priority: wire.priority,
+                })
+            });
     Ok(Publication { data: wire.data, info: wire.info, offset, tags: wire.tags, time: wire.time, meta })
 }
 

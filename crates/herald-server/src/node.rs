@@ -6,8 +6,8 @@ use crate::auth::TokenVerifier;
 use crate::delivery::HubDelivery;
 use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
-    Broker, EngineError, EngineState, HistoryFilter, HistoryPage, NodeRegistry, NodeSnapshot,
-    PresenceManager, PresenceStats, PublishOptions, StreamPosition,
+    Broker, EngineError, EngineState, HistoryFilter, HistoryPage, NodeRegistry, NodeSnapshot, PresenceManager,
+    PresenceStats, PublishOptions, StreamPosition,
 };
 use crate::hub::Hub;
 use crate::metrics;
