@@ -202,8 +202,9 @@ async fn deliver_in_order(inner: &Inner, shard: &Shard, channel: &str, incoming:
             }
             if incoming.offset == last.offset + 1 {
                 last.offset = incoming.offset;
-                drop(channels);
+                // Under the lock, as every path that advances `last`: deliveries stay in order.
                 deliver(inner, channel, incoming.offset, &incoming.payload);
+                drop(channels);
                 shard.delivered.notify_waiters();
                 return;
             }

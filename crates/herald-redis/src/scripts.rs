@@ -18,18 +18,17 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function trim_expired(stream, now)
+  -- The head is usually alive: one entry read per call then.
   while true do
-    local head = redis.call('xrange', stream, '-', '+', 'COUNT', 16)
+    local head = redis.call('xrange', stream, '-', '+', 'COUNT', 1)
     if #head == 0 then return end
-    for _, entry in ipairs(head) do
-      local fields = entry[2]
-      local expires = 0
-      for i = 1, #fields, 2 do
-        if fields[i] == 'x' then expires = tonumber(fields[i + 1]) end
-      end
-      if expires > now then return end
-      redis.call('xdel', stream, entry[1])
+    local fields = head[1][2]
+    local expires = 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 'x' then expires = tonumber(fields[i + 1]) end
     end
+    if expires > now then return end
+    redis.call('xdel', stream, head[1][1])
   end
 end
 "#;

@@ -76,8 +76,8 @@ impl Server {
             .env("HERALD_ENGINE_TYPE", "redis")
             .env("HERALD_ENGINE_REDIS_ADDRESS", redis)
             .env("HERALD_ENGINE_REDIS_PREFIX", prefix)
-            .env("HERALD_ENGINE_REDIS_PRESENCE_TTL", "1500ms")
-            .env("HERALD_ENGINE_REDIS_NODE_TTL", "1500ms")
+            .env("HERALD_ENGINE_REDIS_PRESENCE_TTL", "3s")
+            .env("HERALD_ENGINE_REDIS_NODE_TTL", "3s")
             .env("HERALD_ENGINE_REDIS_IO_TIMEOUT", "1s")
             .env("HERALD_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE", "1000")
             .env("HERALD_CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT", "1000")
@@ -499,6 +499,24 @@ async fn presence_spans_nodes_and_forgets_a_dead_nodes_members() {
         })
         .await;
     }
+    // channels adds up the nodes (the others as of their last heartbeat), and info counts them.
+    wait_until("channels and info to cover every node", || {
+        let (http, base) = (http.clone(), urls[1].clone());
+        async move {
+            let channels = api(&http, &base, "channels", json!({"pattern": "ro*"})).await?;
+            let info = api(&http, &base, "info", json!({})).await?;
+            let clients: u64 = info["result"]["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter_map(|n| n["num_clients"].as_u64()).sum())
+                .unwrap_or(0);
+            if channels["result"]["channels"]["room"]["num_clients"] == json!(8) && clients == 8 {
+                Ok(())
+            } else {
+                Err(format!("{channels} {info}"))
+            }
+        }
+    })
+    .await;
     let answer = api(&http, &urls[1], "presence", json!({"channel": "room"})).await.unwrap();
     assert_eq!(answer["result"]["presence"].as_object().map(|p| p.len()), Some(8), "{answer}");
 
@@ -547,8 +565,20 @@ async fn presence_spans_nodes_and_forgets_a_dead_nodes_members() {
         }
     })
     .await;
+    wait_until("channels to forget the dead node", || {
+        let (http, base) = (http.clone(), urls[0].clone());
+        async move {
+            let channels = api(&http, &base, "channels", json!({})).await?;
+            if channels["result"]["channels"]["room"]["num_clients"] == json!(5) {
+                Ok(())
+            } else {
+                Err(channels.to_string())
+            }
+        }
+    })
+    .await;
     // Well past the TTL the live nodes' refreshes keep their members.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(presence_stats(&http, &urls[1]).await.unwrap(), (5, 5));
     for member in members {
         member.abort();
