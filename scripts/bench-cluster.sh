@@ -11,7 +11,7 @@
 #
 # Usage: scripts/bench-cluster.sh [subscribers=1000] [messages=2000] [rate=200]
 # Environment: TIMEOUT=90 THREADS=2 BUILD=1 (0: use the existing release binaries)
-#   WORK=/tmp/herald-bench-cluster  BASE_PORT=8100
+#   WORK=/tmp/herald-bench-cluster   (servers listen on free loopback ports)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -20,7 +20,6 @@ M=${2:-2000}
 RATE=${3:-200}
 TIMEOUT=${TIMEOUT:-90}
 THREADS=${THREADS:-2}
-BASE_PORT=${BASE_PORT:-8100}
 WORK=${WORK:-/tmp/herald-bench-cluster}
 mkdir -p "$WORK"
 
@@ -94,11 +93,11 @@ print(json.dumps(report))
 }
 
 # One node, memory engine.
-port=$BASE_PORT
+port=$(free_port)
 "$HERALD" serve --dev --memory --port "$port" --log-level warn >"$WORK/memory.log" 2>&1 &
 pid=$!
 started+=("$pid")
-wait_port "$port" || { log "the memory node did not start"; tail "$WORK/memory.log" >&2; exit 1; }
+wait_port "$port" && kill -0 "$pid" || { log "the memory node did not start"; tail "$WORK/memory.log" >&2; exit 1; }
 REDIS_PID='' CPU_PID=$pid run memory-1-node "127.0.0.1:$port" -- "$pid"
 stop_pid "$pid"
 
@@ -111,7 +110,7 @@ wait_port "$redis_port" || { log "redis-server did not start"; exit 1; }
 prefix="bench-$(date +%s)"
 addrs=() pids=()
 for i in 1 2 3; do
-  port=$((BASE_PORT + i))
+  port=$(free_port)
   HERALD_ENGINE_TYPE=redis HERALD_ENGINE_REDIS_ADDRESS="127.0.0.1:$redis_port" HERALD_ENGINE_REDIS_PREFIX="$prefix" \
     "$HERALD" serve --dev --port "$port" --log-level warn >"$WORK/node$i.log" 2>&1 &
   pids+=($!)
