@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// How often each channel's stream top is compared with what this node delivered.
 const CHECK_PERIOD: Duration = Duration::from_secs(5);
 
+/// How soon a failed check is tried again.
+const RETRY_CHECK: Duration = Duration::from_millis(200);
+
 /// Channels per SUBSCRIBE command when a connection is re-made.
 const SUBSCRIBE_BATCH: usize = 1000;
 
@@ -373,14 +376,16 @@ pub(crate) async fn run(inner: Weak<Inner>, shard: Arc<Shard>, shutdown: Cancell
             tracing::info!(shard = shard.index, channels, "redis pub/sub connection restored");
         }
         delay = Duration::from_millis(50);
-        // Whatever was published while this node was not listening is in the streams.
-        if let Err(error) = check_all(&strong, &shard).await {
-            tracing::warn!(shard = shard.index, %error, "catching up after reconnecting failed; retrying periodically");
-        }
+        // Whatever was published while this node was not listening is in the streams. The
+        // command connection may still hold the broken socket: a failed check is soon retried.
+        let mut next_check = match check_all(&strong, &shard).await {
+            Ok(()) => tokio::time::Instant::now() + CHECK_PERIOD,
+            Err(error) => {
+                tracing::debug!(shard = shard.index, %error, "catching up after reconnecting failed; retrying");
+                tokio::time::Instant::now() + RETRY_CHECK
+            }
+        };
         drop(strong);
-        let mut check = tokio::time::interval(CHECK_PERIOD);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.tick().await;
         loop {
             use futures_util::StreamExt;
             tokio::select! {
@@ -389,11 +394,15 @@ pub(crate) async fn run(inner: Weak<Inner>, shard: Arc<Shard>, shutdown: Cancell
                     let Some(strong) = inner.upgrade() else { return };
                     handle(&strong, &shard, message).await;
                 }
-                _ = check.tick() => {
+                _ = tokio::time::sleep_until(next_check) => {
                     let Some(strong) = inner.upgrade() else { return };
-                    if let Err(error) = check_all(&strong, &shard).await {
-                        tracing::warn!(shard = shard.index, %error, "periodic stream check failed");
-                    }
+                    next_check = match check_all(&strong, &shard).await {
+                        Ok(()) => tokio::time::Instant::now() + CHECK_PERIOD,
+                        Err(error) => {
+                            tracing::warn!(shard = shard.index, %error, "stream check failed; retrying");
+                            tokio::time::Instant::now() + RETRY_CHECK
+                        }
+                    };
                 }
                 _ = shutdown.cancelled() => return,
             }

@@ -539,3 +539,83 @@ async fn an_unreachable_redis_is_a_temporary_error() {
     assert_eq!(state.engine, "redis");
     assert!(!state.available, "{state:?}");
 }
+
+/// Our own `redis-server` without persistence on a free port: a restart empties it.
+struct EphemeralRedis {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl EphemeralRedis {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut redis = Self { child: None, port };
+        redis.spawn().then_some(redis)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let Ok(child) = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EphemeralRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_that_restarts_empty_makes_subscribers_resubscribe() {
+    let Some(mut redis) = EphemeralRedis::start() else {
+        assert!(
+            std::env::var("HERALD_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "redis-server cannot be started and HERALD_REQUIRE_SERVICES=1"
+        );
+        eprintln!("a_redis_that_restarts_empty_makes_subscribers_resubscribe: skipped, redis-server cannot be started");
+        return;
+    };
+    let mut options = RedisOptions::new(format!("127.0.0.1:{}", redis.port), fresh_prefix());
+    options.io_timeout = Duration::from_millis(500);
+    let (broker, collect) = engine_with(options).await;
+    broker.subscribe("c").await.unwrap();
+    for n in 0..3 {
+        broker.publish("c", publication(n), &kept(10)).await.unwrap();
+    }
+    collect.wait_for("three deliveries", |events| offsets(events, "c").len() == 3).await;
+    let before = broker.history("c", &HistoryFilter { limit: Some(0), ..Default::default() }).await.unwrap();
+
+    redis.kill();
+    let refused = broker.publish("c", publication(9), &kept(10)).await.unwrap_err();
+    assert!(matches!(refused, herald_server::engine::EngineError::Unavailable(_)), "{refused}");
+    assert!(redis.spawn(), "redis restarts");
+    // The streams are gone: the engine finds out when it reconnects and tells the subscribers.
+    collect.wait_for("a resubscribe", |events| events.contains(&Event::Resubscribe("c".into()))).await;
+    let outcome = broker.publish("c", publication(4), &kept(10)).await.unwrap();
+    assert_ne!(outcome.position.epoch, before.position.epoch, "a new epoch");
+    assert_eq!(outcome.position.offset, 1);
+    collect.wait_for("the first publication of the new epoch", |events| offsets(events, "c") == vec![1, 2, 3, 1]).await;
+    assert!(broker.state().available);
+}

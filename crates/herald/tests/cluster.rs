@@ -592,21 +592,24 @@ struct OwnRedis {
     child: Option<Child>,
     port: u16,
     dir: std::path::PathBuf,
+    persistent: bool,
 }
 
 impl OwnRedis {
-    fn start() -> Option<Self> {
+    /// `persistent`: with the append-only file; without it a restart empties Redis.
+    fn start(persistent: bool) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
         let dir = std::env::temp_dir().join(format!("herald-redis-{port}-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).ok()?;
-        let mut redis = Self { child: None, port, dir };
+        let mut redis = Self { child: None, port, dir, persistent };
         redis.spawn().then_some(redis)
     }
 
     fn spawn(&mut self) -> bool {
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -646,7 +649,7 @@ impl Drop for OwnRedis {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_stream_loses_nothing_acknowledged() {
     let _serial = SERIAL.lock().await;
-    let Some(mut redis) = OwnRedis::start() else {
+    let Some(mut redis) = OwnRedis::start(true) else {
         assert!(!required(), "redis-server cannot be started and HERALD_REQUIRE_SERVICES=1");
         eprintln!("a_redis_restart_mid_stream_loses_nothing_acknowledged: skipped, redis-server cannot be started");
         return;
@@ -709,5 +712,76 @@ async fn a_redis_restart_mid_stream_loses_nothing_acknowledged() {
         }
     })
     .await;
+    drop(nodes);
+}
+
+/// Reads frames until one line satisfies `wanted`, answering pings; fails after [`WAIT`].
+async fn read_until(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("connection closed waiting for {what}"))
+            .expect("websocket");
+        let Message::Text(text) = message else { continue };
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
+            let value: Value = serde_json::from_str(line).expect("JSON from server");
+            if value.as_object().is_some_and(|o| o.is_empty()) {
+                let _ = socket.send(Message::Text("{}".into())).await;
+            }
+            if wanted(&value) {
+                return value;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_restarts_empty_makes_clients_resubscribe() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut redis) = OwnRedis::start(false) else {
+        assert!(!required(), "redis-server cannot be started and HERALD_REQUIRE_SERVICES=1");
+        eprintln!("a_redis_that_restarts_empty_makes_clients_resubscribe: skipped, redis-server cannot be started");
+        return;
+    };
+    let prefix = fresh_prefix();
+    let nodes = cluster(&redis.address(), &prefix);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let http = reqwest::Client::new();
+    let url = format!("{}/connection/websocket", urls[1].replacen("http://", "ws://", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    let frame = format!(
+        "{}\n{}",
+        json!({"id": 1, "connect": {"token": token("u")}}),
+        json!({"id": 2, "subscribe": {"channel": "numbers", "recoverable": true}})
+    );
+    socket.send(Message::Text(frame.into())).await.expect("send");
+    let reply = read_until(&mut socket, "the subscribe reply", |v| v["id"] == json!(2)).await;
+    let epoch = reply["subscribe"]["epoch"].as_str().expect("epoch").to_owned();
+    for n in 0..3 {
+        publish_until_acknowledged(&http, &urls, n as usize, "numbers", n).await;
+    }
+    read_until(&mut socket, "publication 3", |v| v.pointer("/push/pub/offset") == Some(&json!(3))).await;
+
+    redis.kill();
+    assert!(redis.spawn(), "redis restarts");
+    // History is gone: the node tells the client to resubscribe (2500), the connection stays.
+    let push = read_until(&mut socket, "the unsubscribe push", |v| v.pointer("/push/unsubscribe").is_some()).await;
+    assert_eq!(push["push"]["unsubscribe"]["code"], json!(2500), "{push}");
+    let resubscribe =
+        json!({"id": 3, "subscribe": {"channel": "numbers", "recover": true, "offset": 3, "epoch": epoch}});
+    socket.send(Message::Text(resubscribe.to_string().into())).await.expect("send");
+    let reply = read_until(&mut socket, "the resubscribe reply", |v| v["id"] == json!(3)).await;
+    assert_eq!(reply["subscribe"]["was_recovering"], json!(true), "{reply}");
+    assert_eq!(reply["subscribe"].get("recovered"), None, "recovered: false is omitted: {reply}");
+    assert_ne!(reply["subscribe"]["epoch"], json!(epoch), "a new epoch: {reply}");
+    publish_until_acknowledged(&http, &urls, 0, "numbers", 3).await;
+    let publication = read_until(&mut socket, "the next publication", |v| v.pointer("/push/pub").is_some()).await;
+    assert_eq!(publication["push"]["pub"]["data"]["n"], json!(3), "{publication}");
     drop(nodes);
 }
