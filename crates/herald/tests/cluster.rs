@@ -8,7 +8,9 @@
 //!   reaches each subscriber once;
 //! - a Redis restart mid-stream (our own `redis-server` with an append-only file, never the
 //!   shared one on 6379): clients stay connected, publishes during the outage fail with a
-//!   temporary error, and nothing acknowledged is lost.
+//!   temporary error, and nothing acknowledged is lost;
+//! - a Redis that restarts empty: clients get an unsubscribe push with code 2500, resubscribe and
+//!   learn `recovered: false` on a new epoch, and get what follows.
 //!
 //! Without Redis on 127.0.0.1:6379 (and `redis-server` for the restart test) the tests are
 //! skipped, unless HERALD_REQUIRE_SERVICES=1.
