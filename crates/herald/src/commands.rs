@@ -54,6 +54,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config.client.insecure = true;
         config.http_api.insecure = true;
     }
+    let storage_flags = args.data_dir.is_some() || args.memory;
     if let Some(dir) = args.data_dir {
         config.storage.data_dir = dir;
     }
@@ -61,6 +62,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config.storage.engine = "memory".into();
     }
     init_logging(&config)?;
+    if storage_flags && config.engine.kind == "redis" {
+        tracing::warn!("--data-dir and --memory are ignored with engine.type = redis: history lives in redis");
+    }
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
