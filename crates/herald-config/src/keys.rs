@@ -174,7 +174,6 @@ const KEYS: &[(&str, &str)] = &[
     doc("engine.redis.db", "Redis database number"),
     doc("engine.redis.user", "Redis ACL user"),
     doc("engine.redis.password", "Redis password"),
-    doc("engine.redis.client_name", "name the connections give themselves (CLIENT SETNAME)"),
     doc("engine.redis.cluster_address", "Redis Cluster seeds: not supported yet, loading fails when set"),
     doc("engine.redis.sentinel_address", "Sentinel addresses: not supported yet, loading fails when set"),
     doc("engine.redis.sentinel_user", "Sentinel ACL user (for when Sentinel is supported)"),
@@ -228,6 +227,7 @@ pub(crate) const UNSUPPORTED: &[&str] = &[
     "tls_external",
     "http3",
     // engine.redis.
+    "engine.redis.client_name",
     "engine.redis.force_resp2",
     "engine.redis.tls",
     "engine.redis.sentinel_tls",

@@ -68,7 +68,6 @@ pub struct RedisEngine {
     pub db: u16,
     pub user: String,
     pub password: String,
-    pub client_name: String,
     /// Redis Cluster seed addresses (not supported yet: loading fails when set).
     #[serde(deserialize_with = "one_or_many")]
     pub cluster_address: Vec<String>,
@@ -99,7 +98,6 @@ impl Default for RedisEngine {
             db: 0,
             user: String::new(),
             password: String::new(),
-            client_name: String::new(),
             cluster_address: Vec::new(),
             sentinel_address: Vec::new(),
             sentinel_user: String::new(),

@@ -59,7 +59,6 @@ pub struct RedisOptions {
     pub db: u16,
     pub user: String,
     pub password: String,
-    pub client_name: String,
     pub presence_ttl: Duration,
     pub pubsub_shards: usize,
     pub node_ttl: Duration,
@@ -75,7 +74,6 @@ impl RedisOptions {
             db: config.db,
             user: config.user.clone(),
             password: config.password.clone(),
-            client_name: config.client_name.clone(),
             presence_ttl: config.presence_ttl,
             pubsub_shards: config.pubsub_shards.max(1),
             node_ttl: config.node_ttl,
@@ -691,4 +689,56 @@ async fn refresh_batch(inner: &Inner, entries: &[((String, String), String)]) ->
         let _: () = inner.call("presence refresh", pipe.query_async(&mut connection)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_reach_the_connection_settings() {
+        let mut options = RedisOptions::new("10.0.0.5:6390", "p");
+        options.db = 3;
+        options.user = "herald".into();
+        options.password = "secret".into();
+        let client = options.client().unwrap();
+        let info = client.get_connection_info();
+        assert_eq!(info.addr().to_string(), "10.0.0.5:6390");
+        assert_eq!(info.redis_settings().db(), 3);
+        assert_eq!(info.redis_settings().username(), Some("herald"));
+        assert_eq!(info.redis_settings().password(), Some("secret"));
+
+        let url = RedisOptions::new("redis://:pw@127.0.0.1:6379/2", "p").client().unwrap();
+        assert_eq!(url.get_connection_info().redis_settings().db(), 2, "a URL keeps its own settings");
+        assert!(RedisOptions::new("redis://[::1", "p").client().is_err(), "a bad address is an error, not a panic");
+    }
+
+    #[test]
+    fn publications_keep_what_the_server_needs_across_nodes() {
+        let publication = Publication {
+            data: Arc::from(serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap()),
+            info: Some(ClientInfo { user: "u".into(), client: "c".into(), ..Default::default() }),
+            offset: 7,
+            tags: [("k".to_owned(), "v".to_owned())].into_iter().collect(),
+            time: 42,
+            meta: Some(Arc::new(PublicationMeta {
+                audience: Some(Audience { users: vec!["u".into()], ..Default::default() }),
+                patch_data: None,
+                ack: Some(AckPolicy { timeout_ms: 100, max_retries: 2 }),
+                priority: Priority::High,
+            })),
+        };
+        let encoded = encode_publication(&publication).unwrap();
+        assert!(!encoded.contains("offset"), "the script assigns the offset: {encoded}");
+        let decoded = decode_publication(9, encoded.as_bytes()).unwrap();
+        assert_eq!(decoded.offset, 9);
+        assert_eq!(decoded.data.get(), r#"{"a":1}"#);
+        assert_eq!(decoded.tags, publication.tags);
+        assert_eq!(decoded.time, 42);
+        let meta = decoded.meta.expect("meta");
+        assert_eq!(meta.audience.as_ref().map(|a| a.users.clone()), Some(vec!["u".to_owned()]));
+        assert_eq!(meta.ack, Some(AckPolicy { timeout_ms: 100, max_retries: 2 }));
+        assert_eq!(meta.priority, Priority::High);
+        assert!(decode_publication(1, b"not json").is_err());
+    }
 }
