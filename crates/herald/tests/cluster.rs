@@ -9,6 +9,7 @@
 //! - a Redis restart mid-stream (our own `redis-server` with an append-only file, never the
 //!   shared one on 6379): clients stay connected, publishes during the outage fail with a
 //!   temporary error, and nothing acknowledged is lost;
+//! - an acknowledgement (`herald.ack`) on one node moves the user's cursor for every node;
 //! - a Redis that restarts empty: clients get an unsubscribe push with code 2500, resubscribe and
 //!   learn `recovered: false` on a new epoch, and get what follows.
 //!
@@ -786,4 +787,55 @@ async fn a_redis_that_restarts_empty_makes_clients_resubscribe() {
     let publication = read_until(&mut socket, "the next publication", |v| v.pointer("/push/pub").is_some()).await;
     assert_eq!(publication["push"]["pub"]["data"]["n"], json!(3), "{publication}");
     drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_on_one_node_moves_the_cursor_for_every_node() {
+    let _serial = SERIAL.lock().await;
+    if !redis_or_skip("an_acknowledgement_on_one_node_moves_the_cursor_for_every_node").await {
+        return;
+    }
+    let prefix = fresh_prefix();
+    let nodes = cluster(REDIS, &prefix);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    let http = reqwest::Client::new();
+    let connect = |base: &str| {
+        let url = format!("{}/connection/websocket", base.replacen("http://", "ws://", 1));
+        async move { tokio_tungstenite::connect_async(&url).await.expect("connect").0 }
+    };
+    let mut phone = connect(&urls[0]).await;
+    let frame = format!(
+        "{}\n{}",
+        json!({"id": 1, "connect": {"token": token("reader")}}),
+        json!({"id": 2, "subscribe": {"channel": "inbox", "recoverable": true}})
+    );
+    phone.send(Message::Text(frame.into())).await.expect("send");
+    read_until(&mut phone, "the subscribe reply", |v| v["id"] == json!(2)).await;
+    for n in 0..5 {
+        publish_until_acknowledged(&http, &urls, n as usize, "inbox", n).await;
+    }
+    read_until(&mut phone, "publication 5", |v| v.pointer("/push/pub/offset") == Some(&json!(5))).await;
+    let ack = json!({"id": 3, "rpc": {"method": "herald.ack", "data": {"channel": "inbox", "offset": 3}}});
+    phone.send(Message::Text(ack.to_string().into())).await.expect("send");
+    let reply = read_until(&mut phone, "the ack reply", |v| v["id"] == json!(3)).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+
+    // The same user on another node, with no position of its own: `resume` recovers after the
+    // cursor the first node stored in Redis.
+    let mut laptop = connect(&urls[2]).await;
+    let resume = json!({"channel": "inbox", "data": {"herald": {"resume": true}}});
+    let frame = format!(
+        "{}\n{}",
+        json!({"id": 1, "connect": {"token": token("reader")}}),
+        json!({"id": 2, "subscribe": resume})
+    );
+    laptop.send(Message::Text(frame.into())).await.expect("send");
+    let reply = read_until(&mut laptop, "the resume reply", |v| v["id"] == json!(2)).await;
+    let result = &reply["subscribe"];
+    assert_eq!(result["recovered"], json!(true), "{reply}");
+    let offsets: Vec<u64> =
+        result["publications"].as_array().into_iter().flatten().filter_map(|p| p["offset"].as_u64()).collect();
+    assert_eq!(offsets, vec![4, 5], "{reply}");
+    drop(nodes);
+    clean(REDIS, &prefix).await;
 }
