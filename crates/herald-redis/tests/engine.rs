@@ -467,7 +467,7 @@ async fn presence_aggregates_engines_and_drops_a_dead_ones_members() {
     };
     let prefix = fresh_prefix();
     let mut options = RedisOptions::new(&address, &prefix);
-    options.presence_ttl = Duration::from_millis(900);
+    options.presence_ttl = Duration::from_millis(1500);
     let (alive, _) = engine_with(options.clone()).await;
     let (doomed, _) = engine_with(options).await;
     alive.add_presence("c", "a", &client("u1", "a")).await.unwrap();
@@ -490,7 +490,7 @@ async fn presence_aggregates_engines_and_drops_a_dead_ones_members() {
         assert!(tokio::time::Instant::now() < deadline, "the dead engine's member never expired: {stats:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(alive.presence("c").await.unwrap().keys().cloned().collect::<Vec<_>>(), vec!["b"]);
     clean(&address, &prefix).await;
 }
