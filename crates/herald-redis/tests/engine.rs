@@ -500,7 +500,7 @@ async fn nodes_register_with_heartbeats() {
     let Some(address) = redis_or_skip("nodes_register_with_heartbeats").await else { return };
     let prefix = fresh_prefix();
     let mut options = RedisOptions::new(&address, &prefix);
-    options.node_ttl = Duration::from_millis(600);
+    options.node_ttl = Duration::from_millis(2000);
     let (engine, _) = engine_with(options).await;
     let registry = engine.registry();
     let snapshot = |uid: &str, clients: u32| NodeSnapshot {
@@ -519,7 +519,7 @@ async fn nodes_register_with_heartbeats() {
     registry.deregister("n1").await.unwrap();
     assert_eq!(registry.nodes().await.unwrap().len(), 1);
     // n2 stops sending heartbeats: it drops out after node_ttl.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert!(registry.nodes().await.unwrap().is_empty());
     clean(&address, &prefix).await;
 }
