@@ -28,6 +28,7 @@ mod servers;
 mod slow;
 mod subscribe;
 mod table;
+mod ws_crates;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -64,6 +65,12 @@ enum Command {
     /// Run one scenario against Herald and each peer (starting them on free ports) and print
     /// Herald-versus-peer ratios.
     Compare(Box<compare::CompareArgs>),
+    /// Measure WebSocket crates in Herald's server shape: memory per idle connection and
+    /// frames/s fanned out (axum/tungstenite, tokio-websockets, fastwebsockets).
+    WsCrates(ws_crates::WsCratesArgs),
+    /// The server side of `ws-crates` (started by it).
+    #[command(hide = true)]
+    WsCratesServer(ws_crates::server::ServerArgs),
     /// Read `fanout --json` lines (stdin) and print a markdown table with ratios against a baseline.
     Table(table::TableArgs),
 }
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
         Some(Command::Churn(args)) => churn::run(args),
         Some(Command::Slow(args)) => slow::run(args),
         Some(Command::Compare(args)) => compare::run(*args),
+        Some(Command::WsCrates(args)) => ws_crates::run(args),
+        Some(Command::WsCratesServer(args)) => ws_crates::server::serve(args).map(|()| true),
         None => fanout::run(cli.fanout),
     };
     match result {
