@@ -7,7 +7,7 @@ use crate::idle::{self, IdleArgs};
 use crate::servers::{self, Install, Server};
 use crate::slow::{self, SlowArgs};
 use crate::{fanout, FanoutArgs, Target};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -53,6 +53,9 @@ pub struct CompareArgs {
     /// Print one JSON document instead of the tables.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON document to this file.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
     #[command(subcommand)]
     pub scenario: Scenario,
 }
@@ -159,8 +162,12 @@ pub fn run(args: CompareArgs) -> Result<bool> {
     let (name, metrics) = metrics(&args.scenario);
     let ratios = advantages(&rows, &metrics);
     let all_ok = rows.iter().all(|row| row["status"] == "ok");
+    let document = json!({"scenario": name, "started": started_at, "rows": rows, "herald_advantage": ratios});
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{document}\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", json!({"scenario": name, "started": started_at, "rows": rows, "herald_advantage": ratios}));
+        println!("{document}");
     } else {
         println!("{}", render(name, &started_at, &rows, &metrics, &ratios));
     }

@@ -33,9 +33,14 @@ pub struct Shared {
 impl Shared {
     /// True for the `slow_count` subscribers, spread evenly over the indexes, that stop reading.
     pub fn is_slow(&self, index: usize) -> bool {
-        let n = self.args.subscribers.max(1);
-        self.slow_count > 0 && (index + 1) * self.slow_count / n > index * self.slow_count / n
+        spread_evenly(index, self.slow_count, self.args.subscribers)
     }
+}
+
+/// True for `count` of the indexes 0..n, evenly spaced (the last of each run of n/count).
+fn spread_evenly(index: usize, count: usize, n: usize) -> bool {
+    let n = n.max(1);
+    count > 0 && (index + 1) * count / n > index * count / n
 }
 
 /// What a scenario adds to a fan-out run besides its arguments.
@@ -401,7 +406,16 @@ fn print_summary(report: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::count_in_class;
+    use super::{count_in_class, spread_evenly};
+
+    #[test]
+    fn slow_subscribers_are_spread_evenly() {
+        let slow: Vec<usize> = (0..1000).filter(|&i| spread_evenly(i, 10, 1000)).collect();
+        assert_eq!(slow, [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]);
+        assert_eq!((0..7).filter(|&i| spread_evenly(i, 3, 7)).count(), 3);
+        assert!((0..10).all(|i| !spread_evenly(i, 0, 10)));
+        assert!((0..10).all(|i| spread_evenly(i, 10, 10)));
+    }
 
     #[test]
     fn counts_publications_per_filter_group() {
