@@ -9,7 +9,7 @@
 # Usage: scripts/bench-compare.sh [scenario...]   (default: fanout latency idle churn slow slow-overflow ws-crates)
 # Environment:
 #   TARGETS=herald,herald-memory,socketio,nats   what compare runs, in order (first herald* = baseline)
-#   SUBSCRIBERS=1000  IDLE_CONNECTIONS=19000  FANOUT_MESSAGES=3000  WORK=/tmp/herald-bench-compare
+#   SUBSCRIBERS=1000  IDLE_CONNECTIONS=19000  FANOUT_MESSAGES=4000  WORK=/tmp/herald-bench-compare
 #   BUILD=1 (0: use the existing target/release binaries)   PEERS_NODE=/tmp/peers/node
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +17,7 @@ cd "$ROOT"
 TARGETS=${TARGETS:-herald,herald-memory,socketio,nats}
 N=${SUBSCRIBERS:-1000}
 IDLE=${IDLE_CONNECTIONS:-19000}
-FANOUT_MESSAGES=${FANOUT_MESSAGES:-3000}
+FANOUT_MESSAGES=${FANOUT_MESSAGES:-4000}
 WORK=${WORK:-/tmp/herald-bench-compare}
 PEERS_NODE=${PEERS_NODE:-/tmp/peers/node}
 SCENARIOS=("$@")
@@ -57,13 +57,14 @@ compare() {
 
 for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
-    fanout) compare fanout fanout -n "$N" -m "$FANOUT_MESSAGES" --rate 0 --timeout 120 ;;
+    # Offered 2,000 publications/s x N subscribers; what each server sustains is measured.
+    fanout) compare fanout fanout -n "$N" -m "$FANOUT_MESSAGES" --rate 2000 --timeout 90 ;;
     latency) compare latency latency -n "$N" -m 1000 --rate 100 --timeout 90 ;;
     idle) compare idle idle -n "$IDLE" --duration 5 --timeout 180 ;;
     churn) compare churn churn --duration 10 --concurrency 64 ;;
     slow) compare slow slow -n "$N" -m 1000 --rate 100 --slow-share 0.01 --timeout 90 ;;
-    # Frames large enough that a stalled subscriber overflows the server's queue limit.
-    slow-overflow) compare slow-overflow slow -n "$N" -m 1000 --rate 100 --payload 8000 --slow-share 0.01 --timeout 120 ;;
+    # 2 MB for each subscriber over 20 s: a stalled one overflows Herald's 1 MiB queue limit.
+    slow-overflow) compare slow-overflow slow -n "$N" -m 2000 --rate 100 --payload 1000 --slow-share 0.01 --timeout 120 ;;
     ws-crates)
       echo
       echo "### ws-crates ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores)"

@@ -81,10 +81,16 @@ struct Metric {
     /// JSON pointer into the scenario's report.
     pointer: &'static str,
     higher_is_better: bool,
+    /// False for a figure shown without a ratio (a count, a percentage).
+    ratio: bool,
 }
 
 const fn metric(title: &'static str, pointer: &'static str, higher_is_better: bool) -> Metric {
-    Metric { title, pointer, higher_is_better }
+    Metric { title, pointer, higher_is_better, ratio: true }
+}
+
+const fn shown(title: &'static str, pointer: &'static str) -> Metric {
+    Metric { title, pointer, higher_is_better: false, ratio: false }
 }
 
 fn metrics(scenario: &Scenario) -> (&'static str, Vec<Metric>) {
@@ -96,6 +102,7 @@ fn metrics(scenario: &Scenario) -> (&'static str, Vec<Metric>) {
                 metric("p50 ms", "/latency_ms/p50", false),
                 metric("p99 ms", "/latency_ms/p99", false),
                 metric("server CPU µs/pub", "/server_cpu_us_per_publication", false),
+                shown("missing", "/missing"),
             ],
         ),
         Scenario::Latency(_) => (
@@ -111,16 +118,18 @@ fn metrics(scenario: &Scenario) -> (&'static str, Vec<Metric>) {
         Scenario::Idle(_) => (
             "idle",
             vec![
+                shown("connections", "/subscribed"),
                 metric("RSS bytes/conn", "/server_rss_bytes_per_connection", false),
                 metric("connections/s", "/connections_per_sec", true),
-                metric("connect p99 ms", "/connect_p99_ms", false),
             ],
         ),
         Scenario::Churn(_) => (
             "churn",
             vec![
                 metric("connects/s", "/connects_per_sec", true),
+                metric("handshake p50 ms", "/handshake_ms/p50", false),
                 metric("handshake p99 ms", "/handshake_ms/p99", false),
+                shown("failures", "/failures"),
             ],
         ),
         Scenario::Slow(_) => (
@@ -128,7 +137,10 @@ fn metrics(scenario: &Scenario) -> (&'static str, Vec<Metric>) {
             vec![
                 metric("baseline p99 ms", "/baseline_latency_ms/p99", false),
                 metric("healthy p99 ms", "/healthy_latency_ms/p99", false),
+                shown("p99 rise %", "/p99_rise_percent"),
+                metric("baseline RSS peak KiB", "/baseline_server_rss_kib/peak", false),
                 metric("server RSS peak KiB", "/server_rss_kib/peak", false),
+                shown("slow disconnected", "/slow_disconnected"),
             ],
         ),
     }
@@ -243,7 +255,7 @@ fn advantages(rows: &[Value], metrics: &[Metric]) -> Value {
     let mut out = serde_json::Map::new();
     for row in rows.iter().filter(|row| !label(row).starts_with("herald")) {
         let mut per_metric = serde_json::Map::new();
-        for metric in metrics {
+        for metric in metrics.iter().filter(|m| m.ratio) {
             let ratio = advantage(base.pointer(metric.pointer), row.pointer(metric.pointer), metric.higher_is_better);
             per_metric
                 .insert(metric.title.to_owned(), ratio.map_or(Value::Null, |r| json!((r * 100.0).round() / 100.0)));
@@ -276,16 +288,17 @@ fn render(name: &str, started: &str, rows: &[Value], metrics: &[Metric], ratios:
     }
     let base = ratios["baseline"].as_str().unwrap_or("herald");
     if let Some(peers) = ratios["peers"].as_object().filter(|p| !p.is_empty()) {
+        let rated: Vec<&Metric> = metrics.iter().filter(|m| m.ratio).collect();
         out.push_str(&format!("\nHerald advantage ({base} versus each peer; > 1 means {base} is better):\n\n| peer |"));
-        for metric in metrics {
+        for metric in &rated {
             out.push_str(&format!(" {} |", metric.title));
         }
         out.push_str("\n|---|");
-        out.push_str(&"---:|".repeat(metrics.len()));
+        out.push_str(&"---:|".repeat(rated.len()));
         out.push('\n');
         for (peer, values) in peers {
             out.push_str(&format!("| {peer} |"));
-            for metric in metrics {
+            for metric in &rated {
                 let value = values[metric.title].as_f64().map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
                 out.push_str(&format!(" {value} |"));
             }

@@ -95,6 +95,7 @@ pub async fn tcp_connect(addr: &str, options: SocketOptions) -> Result<TcpStream
     };
     let socket = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(source) = options.source {
+        bind_address_no_port(&socket)?;
         socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding to {source}"))?;
     }
     if let Some(size) = options.recv_buffer {
@@ -106,6 +107,29 @@ pub async fn tcp_connect(addr: &str, options: SocketOptions) -> Result<TcpStream
     })?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: `bind` fixes only the source address and `connect` picks the port
+/// for the whole 4-tuple, so a port is reused towards other servers and sockets in TIME_WAIT
+/// from earlier runs do not exhaust the ~28,000 ports of a source address.
+fn bind_address_no_port(socket: &TcpSocket) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let enable: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on a socket this function borrows, with a pointer to a live c_int
+    // and its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(enable).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting IP_BIND_ADDRESS_NO_PORT");
+    }
+    Ok(())
 }
 
 /// A WebSocket client handshake on a socket made by [`tcp_connect`]; `url` is `ws://host:port/...`.
