@@ -38,7 +38,7 @@ pub struct IdleArgs {
     /// The server's process id: required for the memory figures.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Local source addresses 127.0.0.2, ... (0: one per 20,000 connections).
+    /// Local source addresses 127.0.0.2, ... (0: one per 5,000 connections).
     #[arg(long, default_value_t = 0)]
     pub source_addrs: usize,
     /// Tokio worker threads of the load generator.

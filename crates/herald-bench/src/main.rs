@@ -146,7 +146,7 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Spread the subscribers over this many local source addresses 127.0.0.2, 127.0.0.3, ...
-    /// (each has its own ~28,000 ephemeral ports); 0: one per 20,000 subscribers. Loopback only.
+    /// (each has its own ~28,000 ephemeral ports); 0: one per 5,000 subscribers. Loopback only.
     #[arg(long, default_value_t = 0)]
     pub source_addrs: usize,
 }
