@@ -1,6 +1,8 @@
 //! The fan-out scenario: connect N subscribers, wait until every subscription is confirmed,
 //! publish M messages, wait for the deliveries (bounded), report.
 
+use crate::net::{self, Sources};
+use crate::procfs::{self, RssSampler};
 use crate::subscribe::{self, Local, MAX_LATENCY_US};
 use crate::{publish, FanoutArgs, PublishOver, Target};
 use anyhow::{Context, Result};
@@ -20,6 +22,35 @@ pub struct Shared {
     /// First deliveries so far, over all subscribers.
     pub progress: AtomicU64,
     pub started: Instant,
+    /// Local addresses the subscribers bind to, in turn.
+    pub sources: Sources,
+    /// Subscribers that stop reading once subscribed (the `slow` scenario); 0 in a plain run.
+    pub slow_count: usize,
+    /// SO_RCVBUF of the subscribers that stop reading.
+    pub slow_recv_buffer: u32,
+}
+
+impl Shared {
+    /// True for the `slow_count` subscribers, spread evenly over the indexes, that stop reading.
+    pub fn is_slow(&self, index: usize) -> bool {
+        spread_evenly(index, self.slow_count, self.args.subscribers)
+    }
+}
+
+/// True for `count` of the indexes 0..n, evenly spaced (the last of each run of n/count).
+fn spread_evenly(index: usize, count: usize, n: usize) -> bool {
+    let n = n.max(1);
+    count > 0 && (index + 1) * count / n > index * count / n
+}
+
+/// What a scenario adds to a fan-out run besides its arguments.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extra {
+    pub slow_count: usize,
+    pub slow_recv_buffer: u32,
+    /// Keep the subscribers connected this long after they subscribed, before publishing (and
+    /// measure the server's memory then): the `idle` scenario, with no publications.
+    pub hold: Option<Duration>,
 }
 
 static CLOCK: OnceLock<Instant> = OnceLock::new();
@@ -37,6 +68,19 @@ pub fn ws_config() -> WebSocketConfig {
 /// Runs the scenario and prints the report; `Ok(false)` when the run was not clean (status other
 /// than "ok": subscribers that did not subscribe, publications not accepted, deliveries missing).
 pub fn run(args: FanoutArgs) -> Result<bool> {
+    let json = args.json;
+    let report = measure(args, Extra::default())?;
+    if json {
+        println!("{report}");
+    } else {
+        print_summary(&report);
+    }
+    Ok(report["status"] == "ok")
+}
+
+/// Runs the scenario and returns its report (the JSON line of `--json`).
+pub fn measure(args: FanoutArgs, extra: Extra) -> Result<Value> {
+    net::ensure_open_files(args.subscribers + 1)?;
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
     let publish_over = args.publish_over.unwrap_or(match args.target {
@@ -63,20 +107,27 @@ pub fn run(args: FanoutArgs) -> Result<bool> {
         }
         .to_owned()
     });
+    let sources = Sources::for_server(net::host_of(&addr), args.source_addrs, args.subscribers)?;
+    anyhow::ensure!(extra.slow_count <= args.subscribers, "more slow subscribers than subscribers");
+    anyhow::ensure!(extra.slow_count == 0 || args.filters == 0, "slow subscribers and --filters do not combine");
     now_ns();
-    let shared = Arc::new(Shared { args, addr, publish_over, progress: AtomicU64::new(0), started: Instant::now() });
-    let report = runtime.block_on(scenario(shared.clone()))?;
+    let shared = Arc::new(Shared {
+        args,
+        addr,
+        publish_over,
+        progress: AtomicU64::new(0),
+        started: Instant::now(),
+        sources,
+        slow_count: extra.slow_count,
+        slow_recv_buffer: extra.slow_recv_buffer,
+    });
+    let report = runtime.block_on(scenario(shared.clone(), extra.hold));
     // Subscriber sockets still closing must not hold the process.
     runtime.shutdown_timeout(Duration::from_secs(2));
-    if shared.args.json {
-        println!("{report}");
-    } else {
-        print_summary(&report);
-    }
-    Ok(report["status"] == "ok")
+    report
 }
 
-async fn scenario(shared: Arc<Shared>) -> Result<Value> {
+async fn scenario(shared: Arc<Shared>, hold: Option<Duration>) -> Result<Value> {
     let args = &shared.args;
     let deadline = shared.started + Duration::from_secs(args.timeout);
 
@@ -100,6 +151,14 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
         }
     }
     let connect_time = shared.started.elapsed();
+    let rss_sampler = args.server_pid.map(RssSampler::start);
+    let rss_after_connect = args.server_pid.and_then(procfs::rss_kib);
+    let (mut rss_held, mut fds_held) = (None, None);
+    if let Some(hold) = hold {
+        tokio::time::sleep_until((Instant::now() + hold).min(deadline).into()).await;
+        rss_held = args.server_pid.and_then(procfs::rss_kib);
+        fds_held = args.server_pid.and_then(procfs::open_fds);
+    }
     if ready < args.subscribers {
         eprintln!(
             "herald-bench: only {ready} of {} subscribers subscribed ({failed} failed); publishing anyway, \
@@ -109,9 +168,9 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
     }
 
     // Publish.
-    let cpu_before = args.server_pid.and_then(process_cpu_seconds);
+    let cpu_before = args.server_pid.and_then(procfs::cpu_seconds);
     let published = publish::run(shared.clone(), deadline).await;
-    let expected = expected_deliveries(args, published.accepted);
+    let expected = expected_deliveries(args, published.accepted, shared.slow_count);
 
     // Wait for deliveries: until all arrived, the deadline, or no progress for `idle_timeout`.
     let idle_limit = Duration::from_secs(args.idle_timeout);
@@ -135,13 +194,16 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu_after = args.server_pid.and_then(process_cpu_seconds);
+    let cpu_after = args.server_pid.and_then(procfs::cpu_seconds);
+    let rss_peak = rss_sampler.as_ref().map(RssSampler::peak_kib);
+    drop(rss_sampler);
     let _ = stop_tx.send(true);
 
     // Merge the subscribers' counts.
     let mut latency = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
     let mut connect = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
     let (mut unique, mut duplicates, mut out_of_order, mut unexpected, mut unjoined) = (0u64, 0u64, 0u64, 0u64, 0usize);
+    let (mut slow_disconnected, mut slow_deliveries) = (0usize, 0u64);
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let mut errors: Vec<String> = Vec::new();
     let join_deadline = Instant::now() + Duration::from_secs(5);
@@ -159,11 +221,18 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
                 continue;
             }
         };
+        if local.slow {
+            slow_disconnected += usize::from(local.slow_disconnected);
+            slow_deliveries += local.unique;
+            continue;
+        }
         unique += local.unique;
         duplicates += local.duplicates;
         out_of_order += local.out_of_order;
         unexpected += local.unexpected;
-        latency.add(&local.latency)?;
+        if let Some(local_latency) = &local.latency {
+            latency.add(local_latency)?;
+        }
         if let Some(after) = local.ready_after {
             connect.saturating_record((after.as_micros() as u64).max(1));
         }
@@ -228,19 +297,31 @@ async fn scenario(shared: Arc<Shared>) -> Result<Value> {
             "p50": ms(latency.value_at_quantile(0.50)),
             "p90": ms(latency.value_at_quantile(0.90)),
             "p99": ms(latency.value_at_quantile(0.99)),
+            "p999": ms(latency.value_at_quantile(0.999)),
             "max": ms(latency.max()),
         },
+        "source_addrs": shared.sources.len(),
+        "server_rss_kib": {
+            "after_connect": rss_after_connect,
+            "after_hold": rss_held,
+            "peak": rss_peak,
+        },
+        "server_open_fds_held": fds_held,
+        "slow_subscribers": shared.slow_count,
+        "slow_disconnected": slow_disconnected,
+        "slow_deliveries": slow_deliveries,
         "status": status,
         "subscriber_errors": errors,
         "subscribers_unjoined": unjoined,
     }))
 }
 
-/// Deliveries the accepted publications should make: every subscriber gets every one, or with
-/// `--filters F`, publication k reaches the subscribers i with i mod F == k mod F.
-fn expected_deliveries(args: &FanoutArgs, accepted: u64) -> u64 {
+/// Deliveries the accepted publications should make to the subscribers that read: every one
+/// gets every publication, or with `--filters F`, publication k reaches the subscribers i with
+/// i mod F == k mod F.
+fn expected_deliveries(args: &FanoutArgs, accepted: u64, slow_count: usize) -> u64 {
     if args.filters == 0 {
-        return accepted * args.subscribers as u64;
+        return accepted * (args.subscribers - slow_count) as u64;
     }
     let (f, n) = (args.filters as u64, args.subscribers as u64);
     let in_group = |g: u64| n / f + u64::from(g < n % f);
@@ -255,17 +336,6 @@ fn count_in_class(accepted: u64, f: u64, g: u64) -> u64 {
     } else {
         (accepted - first) / f + 1
     }
-}
-
-/// User plus system CPU seconds a process has used (Linux `/proc/PID/stat`, in clock ticks of
-/// 1/100 s, the value on every Linux this runs on).
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    Some((user + system) / 100.0)
 }
 
 fn print_summary(report: &Value) {
@@ -310,12 +380,16 @@ fn print_summary(report: &Value) {
     }
     println!("  throughput:  {:.0} deliveries/s over {} ms", num(&report["deliveries_per_sec"]), report["window_ms"]);
     println!(
-        "  latency:     p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        "  latency:     p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
         num(&lat["p50"]),
         num(&lat["p90"]),
         num(&lat["p99"]),
+        num(&lat["p999"]),
         num(&lat["max"])
     );
+    if let Some(peak) = report["server_rss_kib"]["peak"].as_u64() {
+        println!("  server RSS:  peak {:.1} MiB", peak as f64 / 1024.0);
+    }
     if let Some(cpu) = report["server_cpu_us_per_publication"].as_f64() {
         println!("  server CPU:  {cpu:.0} us per publication");
     }
@@ -332,7 +406,16 @@ fn print_summary(report: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::count_in_class;
+    use super::{count_in_class, spread_evenly};
+
+    #[test]
+    fn slow_subscribers_are_spread_evenly() {
+        let slow: Vec<usize> = (0..1000).filter(|&i| spread_evenly(i, 10, 1000)).collect();
+        assert_eq!(slow, [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]);
+        assert_eq!((0..7).filter(|&i| spread_evenly(i, 3, 7)).count(), 3);
+        assert!((0..10).all(|i| !spread_evenly(i, 0, 10)));
+        assert!((0..10).all(|i| spread_evenly(i, 10, 10)));
+    }
 
     #[test]
     fn counts_publications_per_filter_group() {

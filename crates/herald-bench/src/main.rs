@@ -3,18 +3,32 @@
 //! N subscribers on one channel, one publisher, deliveries per second and publish-to-receive
 //! latency from a timestamp in the payload. Every loop is bounded in count and in time.
 //!
-//! `herald-bench fanout ...` runs the scenario (the subcommand may be left out: `herald-bench
-//! --target nats ...` is the same); `herald-bench table` turns the JSON lines of several runs into
-//! a markdown table with ratios against Herald.
+//! Scenarios: `fanout` (the subcommand may be left out: `herald-bench --target nats ...` is the
+//! same), `latency` (fan-out at a moderate rate, read for its percentiles), `idle` (server memory
+//! per held connection, connection setup rate), `churn` (connects and disconnects per second),
+//! `slow` (subscribers that stop reading, against a baseline run). `compare SCENARIO` runs one of
+//! them against Herald and each peer, starting the servers itself, and prints Herald-versus-peer
+//! ratios; `table` turns the JSON lines of several `fanout` runs into a markdown table.
+//!
+//! Connections are spread over local source addresses 127.0.0.2, 127.0.0.3, ... (each has its
+//! own ephemeral ports), and the open-file soft limit is raised to the hard limit at start.
 //!
 //! Exit status: 0 for a clean run, 2 when the report's status is not "ok" (it is still printed),
 //! 1 when no report could be made.
 
+mod churn;
+mod compare;
 mod fanout;
+mod idle;
 mod nats;
+mod net;
+mod procfs;
 mod publish;
+mod servers;
+mod slow;
 mod subscribe;
 mod table;
+mod ws_crates;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -40,6 +54,25 @@ struct Cli {
 enum Command {
     /// One publisher, N subscribers on one channel: deliveries/s, missing deliveries, latency.
     Fanout(FanoutArgs),
+    /// Publish-to-receive latency percentiles: the fan-out scenario at 100 publications/s.
+    #[command(mut_arg("rate", |a| a.default_value("100")), mut_arg("messages", |a| a.default_value("1000")))]
+    Latency(FanoutArgs),
+    /// Hold N idle subscribed connections: server RSS per connection, connection setup rate.
+    Idle(idle::IdleArgs),
+    /// Connect, handshake and close in a loop: connects and disconnects per second.
+    Churn(churn::ChurnArgs),
+    /// A share of the subscribers stop reading: the others' p99 against a baseline run, and
+    /// server memory.
+    Slow(slow::SlowArgs),
+    /// Run one scenario against Herald and each peer (starting them on free ports) and print
+    /// Herald-versus-peer ratios.
+    Compare(Box<compare::CompareArgs>),
+    /// Measure WebSocket crates in Herald's server shape: memory per idle connection and
+    /// frames/s fanned out (axum/tungstenite, tokio-websockets, fastwebsockets).
+    WsCrates(ws_crates::WsCratesArgs),
+    /// The server side of `ws-crates` (started by it).
+    #[command(hide = true)]
+    WsCratesServer(ws_crates::server::ServerArgs),
     /// Read `fanout --json` lines (stdin) and print a markdown table with ratios against a baseline.
     Table(table::TableArgs),
 }
@@ -114,9 +147,14 @@ pub struct FanoutArgs {
     /// as accepted.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Report the server's CPU time per publication, read from /proc/PID/stat.
+    /// Report the server's CPU time per publication (/proc/PID/stat) and its resident memory
+    /// (/proc/PID/status).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Spread the subscribers over this many local source addresses 127.0.0.2, 127.0.0.3, ...
+    /// (each has its own ~28,000 ephemeral ports); 0: one per 5,000 subscribers. Loopback only.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -150,7 +188,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Table(args)) => table::run(&args).map(|()| true),
-        Some(Command::Fanout(args)) => fanout::run(args),
+        Some(Command::Fanout(args) | Command::Latency(args)) => fanout::run(args),
+        Some(Command::Idle(args)) => idle::run(args),
+        Some(Command::Churn(args)) => churn::run(args),
+        Some(Command::Slow(args)) => slow::run(args),
+        Some(Command::Compare(args)) => compare::run(*args),
+        Some(Command::WsCrates(args)) => ws_crates::run(args),
+        Some(Command::WsCratesServer(args)) => ws_crates::server::serve(args).map(|()| true),
         None => fanout::run(cli.fanout),
     };
     match result {

@@ -3,6 +3,7 @@
 
 use crate::fanout::{now_ns, ws_config, Shared};
 use crate::nats;
+use crate::net::{self, SocketOptions};
 use crate::Target;
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
@@ -29,29 +30,36 @@ pub struct Local {
     pub unexpected: u64,
     max_seq: u64,
     seen: Vec<u64>,
-    pub latency: Histogram<u64>,
+    /// Made at the first delivery: an idle subscriber does not hold a histogram's ~200 KB.
+    pub latency: Option<Histogram<u64>>,
     pub first_at: Option<Instant>,
     pub last_at: Option<Instant>,
     /// From the start of the run until this subscriber's subscription was confirmed.
     pub ready_after: Option<Duration>,
     pub error: Option<String>,
+    /// This subscriber stopped reading once subscribed (the `slow` scenario).
+    pub slow: bool,
+    /// A slow subscriber found its connection closed by the server when it read again at the end.
+    pub slow_disconnected: bool,
 }
 
 impl Local {
-    pub fn new(messages: u64) -> Result<Self> {
-        Ok(Self {
+    pub fn new(messages: u64) -> Self {
+        Self {
             unique: 0,
             duplicates: 0,
             out_of_order: 0,
             unexpected: 0,
             max_seq: 0,
             seen: vec![0; (messages as usize).div_ceil(64) + 1],
-            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            latency: None,
             first_at: None,
             last_at: None,
             ready_after: None,
             error: None,
-        })
+            slow: false,
+            slow_disconnected: false,
+        }
     }
 
     /// Records one delivered payload, given the text the sequence number and timestamp are in.
@@ -76,7 +84,16 @@ impl Local {
         }
         self.max_seq = self.max_seq.max(seq);
         self.unique += 1;
-        self.latency.saturating_record((received_ns.saturating_sub(sent_ns) / 1000).max(1));
+        let latency_us = (received_ns.saturating_sub(sent_ns) / 1000).max(1);
+        if self.latency.is_none() {
+            match Histogram::new_with_bounds(1, MAX_LATENCY_US, 3) {
+                Ok(histogram) => self.latency = Some(histogram),
+                Err(error) => self.error = Some(format!("latency histogram: {error}")),
+            }
+        }
+        if let Some(latency) = &mut self.latency {
+            latency.saturating_record(latency_us);
+        }
         let now = Instant::now();
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
@@ -120,15 +137,8 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     deadline: Instant,
 ) -> Local {
-    let mut local = match Local::new(shared.args.messages) {
-        Ok(local) => local,
-        Err(error) => {
-            let _ = ready.send(false).await;
-            let mut local = Local::new(0).expect("histogram bounds are valid");
-            local.error = Some(error.to_string());
-            return local;
-        }
-    };
+    let mut local = Local::new(shared.args.messages);
+    local.slow = shared.is_slow(index);
     let mut announced = false;
     if let Err(error) =
         session(index, &shared, &connect_slots, &ready, stop, deadline, &mut local, &mut announced).await
@@ -163,11 +173,12 @@ async fn session(
         addrs => &addrs[index % addrs.len()],
     };
     let url = url(args.target, addr, &args.channel);
-    let connect = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true);
-    let (mut socket, _) = tokio::time::timeout_at(deadline.into(), connect)
-        .await
-        .context("timed out connecting")?
-        .with_context(|| format!("connect {url}"))?;
+    let options = SocketOptions {
+        source: shared.sources.pick(index),
+        recv_buffer: local.slow.then_some(shared.slow_recv_buffer),
+    };
+    let connect = net::ws_connect(&url, options, ws_config());
+    let mut socket = tokio::time::timeout_at(deadline.into(), connect).await.context("timed out connecting")??;
     match args.target {
         Target::Herald => {
             let subscribe = if args.filters > 0 {
@@ -197,6 +208,9 @@ async fn session(
         ready.try_send(true).is_ok()
     };
     loop {
+        if *announced && local.slow {
+            return stall(socket, stop, deadline, local).await;
+        }
         let message = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -271,6 +285,33 @@ async fn session(
                     announce(local, announced);
                 }
             }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;
+    Ok(())
+}
+
+/// A subscriber that stopped reading: holds its connection unread until the run ends, then reads
+/// what is left (bounded) to learn whether the server closed it meanwhile.
+async fn stall(
+    mut socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    mut stop: watch::Receiver<bool>,
+    deadline: Instant,
+    local: &mut Local,
+) -> Result<()> {
+    tokio::select! {
+        _ = stop.changed() => {}
+        _ = tokio::time::sleep_until(deadline.into()) => {}
+    }
+    let drain_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(drain_until, socket.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
+                local.slow_disconnected = true;
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
         }
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;

@@ -74,7 +74,7 @@ fn render(rows: &[Value], baseline: Option<&str>, pending: &[String]) -> String 
     out
 }
 
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     if !value.is_finite() {
         return "?".to_owned();
     }
