@@ -169,6 +169,9 @@ struct Group {
 struct ChannelSubscribers {
     groups: HashMap<String, Group>,
     count: usize,
+    /// The subscribers that asked for join/leave pushes, so a join costs what it sends rather
+    /// than a pass over every subscriber of a large channel.
+    join_leave: HashMap<String, Arc<Subscription>>,
 }
 
 impl ChannelSubscribers {
@@ -249,7 +252,13 @@ impl Hub {
             .groups
             .entry(subscription.view.key.clone())
             .or_insert_with(|| Group { view: subscription.view.clone(), members: HashMap::new() });
-        if group.members.insert(subscription.client.id.clone(), subscription).is_none() {
+        let id = subscription.client.id.clone();
+        if subscription.join_leave {
+            entry.join_leave.insert(id.clone(), subscription.clone());
+        } else {
+            entry.join_leave.remove(&id);
+        }
+        if group.members.insert(id, subscription).is_none() {
             entry.count += 1;
         }
         first
@@ -263,6 +272,7 @@ impl Hub {
         else {
             return false;
         };
+        entry.join_leave.remove(client_id);
         if let Some(group) = entry.groups.get_mut(&key) {
             group.members.remove(client_id);
             entry.count -= 1;
@@ -419,9 +429,12 @@ impl Hub {
     pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {
         let shard = self.channels[shard_of(channel)].read();
         let Some(subscribers) = shard.get(channel) else { return };
+        if subscribers.join_leave.is_empty() {
+            return;
+        }
         let frame = Utf8Bytes::from(reply::push(channel, kind, &reply::JoinLeave { info }));
-        for subscription in subscribers.all() {
-            if subscription.join_leave && subscription.is_live() {
+        for subscription in subscribers.join_leave.values() {
+            if subscription.is_live() {
                 subscription.client.send(frame.clone());
             }
         }
