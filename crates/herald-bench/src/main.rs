@@ -24,6 +24,7 @@ mod nats;
 mod net;
 mod procfs;
 mod publish;
+mod sdk;
 mod servers;
 mod slow;
 mod subscribe;
@@ -73,6 +74,9 @@ enum Command {
     /// The server side of `ws-crates` (started by it).
     #[command(hide = true)]
     WsCratesServer(ws_crates::server::ServerArgs),
+    /// Subscribers built on the herald-client crate (what an application sees, reconnect and
+    /// duplicate dropping included): latency, missing and duplicate deliveries.
+    Sdk(sdk::SdkArgs),
     /// Read `fanout --json` lines (stdin) and print a markdown table with ratios against a baseline.
     Table(table::TableArgs),
 }
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
         Some(Command::Idle(args)) => idle::run(args),
         Some(Command::Churn(args)) => churn::run(args),
         Some(Command::Slow(args)) => slow::run(args),
+        Some(Command::Sdk(args)) => sdk::run(args),
         Some(Command::Compare(args)) => compare::run(*args),
         Some(Command::WsCrates(args)) => ws_crates::run(args),
         Some(Command::WsCratesServer(args)) => ws_crates::server::serve(args).map(|()| true),
