@@ -5,7 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+mod common;
+
+use common::HERALD;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Server {
@@ -22,36 +25,11 @@ impl Server {
     fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(HERALD);
         let data_dir = std::env::temp_dir().join(format!("herald-cli-data-{}-{}", std::process::id(), unique()));
-        command
-            .arg("serve")
-            .arg("--port")
-            .arg("0")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        command.arg("serve").arg("--port").arg("0").arg("--data-dir").arg(&data_dir).args(args).stderr(Stdio::null());
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("spawn herald serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut banner = Vec::new();
-        let url = loop {
-            let line = lines.recv_timeout(WAIT).expect("herald serve prints its address");
-            if let Some(rest) = line.strip_prefix("herald: listening on ") {
-                break rest.split_whitespace().next().expect("url").to_owned();
-            }
-            banner.push(line);
-        };
+        let common::Listening { child, url, banner, lines } = common::spawn_listening(command, WAIT);
         Self { child, url, banner, _lines: lines, data_dir }
     }
 

@@ -9,7 +9,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+mod common;
+
+use common::HERALD;
+
 const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "restart-secret";
 const API_KEY: &str = "restart-key";
@@ -21,27 +24,15 @@ struct Server {
 impl Server {
     /// `herald serve` on `port` and `data_dir`, once it listens.
     fn start(port: u16, data_dir: &std::path::Path) -> Self {
-        let mut child = Command::new(HERALD)
+        let mut command = Command::new(HERALD);
+        command
             .args(["serve", "--address", "127.0.0.1", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", SECRET)
             .env("HERALD_HTTP_API_KEY", API_KEY)
             .env("HERALD_STORAGE_FSYNC", "always")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn herald serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("herald: listening on ") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(WAIT).expect("herald serve listens");
-        Self { child }
+            .stderr(Stdio::null());
+        Self { child: common::spawn_listening(command, WAIT).child }
     }
 
     fn kill(&mut self) {

@@ -5,40 +5,31 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+mod common;
+
+use common::HERALD;
+
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "crash-secret";
 const API_KEY: &str = "crash-key";
 
 fn start(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(HERALD)
+    let mut command = Command::new(HERALD);
+    command
         .args(["serve", "--port", "0", "--data-dir"])
         .arg(data_dir)
         .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", SECRET)
         .env("HERALD_HTTP_API_KEY", API_KEY)
         .env("HERALD_STORAGE_FSYNC", "always")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn herald");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("herald: listening on ") {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let url = rx.recv_timeout(WAIT).expect("herald prints its address");
-    (child, url)
+        .stderr(Stdio::null());
+    let server = common::spawn_listening(command, WAIT);
+    (server.child, server.url)
 }
 
 fn token(user: &str) -> String {
