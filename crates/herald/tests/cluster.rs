@@ -18,13 +18,14 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+mod common;
+
+use common::HERALD;
 const REDIS: &str = "127.0.0.1:6379";
 const WAIT: Duration = Duration::from_secs(15);
 const SECRET: &str = "cluster-secret";
@@ -72,7 +73,8 @@ impl Server {
     fn start(redis: &str, prefix: &str, name: &str) -> Self {
         let log = std::env::temp_dir().join(format!("{prefix}-{name}.log"));
         let stderr = std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null());
-        let mut child = Command::new(HERALD)
+        let mut command = Command::new(HERALD);
+        command
             .args(["serve", "--port", "0"])
             .env("HERALD_CLIENT_TOKEN_HMAC_SECRET_KEY", SECRET)
             .env("HERALD_HTTP_API_KEY", API_KEY)
@@ -85,21 +87,9 @@ impl Server {
             .env("HERALD_CHANNEL_WITHOUT_NAMESPACE_HISTORY_SIZE", "1000")
             .env("HERALD_CLIENT_RECOVERY_MAX_PUBLICATION_LIMIT", "1000")
             .env("HERALD_LOG_LEVEL", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn herald");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("herald: listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let url =
-            rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("herald {name} did not start; see {}", log.display()));
+            .stderr(stderr);
+        let common::Listening { child, url, .. } = common::try_spawn_listening(command, WAIT)
+            .unwrap_or_else(|e| panic!("herald {name} did not start ({e}); see {}", log.display()));
         Self { child, url }
     }
 

@@ -20,10 +20,10 @@ pub struct Listening {
 }
 
 /// Spawns `command` (a `herald serve ...` with its arguments and environment) with stdout piped
-/// and waits, at most `wait`, for it to print where it listens.
-pub fn spawn_listening(mut command: Command, wait: Duration) -> Listening {
-    let mut child = command.stdout(Stdio::piped()).spawn().expect("spawn herald serve");
-    let stdout = child.stdout.take().expect("stdout");
+/// and waits, at most `wait`, for it to print where it listens; the error says why it did not.
+pub fn try_spawn_listening(mut command: Command, wait: Duration) -> Result<Listening, String> {
+    let mut child = command.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn herald serve: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         // Drains stdout to the end even when nobody reads the lines any more, so the server
@@ -34,11 +34,15 @@ pub fn spawn_listening(mut command: Command, wait: Duration) -> Listening {
     });
     let mut banner = Vec::new();
     let url = loop {
-        let line = lines.recv_timeout(wait).expect("herald serve prints its address");
+        let line = lines.recv_timeout(wait).map_err(|_| format!("no listening line within {wait:?}"))?;
         if let Some(rest) = line.strip_prefix("herald: listening on ") {
             break rest.split_whitespace().next().expect("url").to_owned();
         }
         banner.push(line);
     };
-    Listening { child, url, banner, lines }
+    Ok(Listening { child, url, banner, lines })
+}
+
+pub fn spawn_listening(command: Command, wait: Duration) -> Listening {
+    try_spawn_listening(command, wait).unwrap_or_else(|e| panic!("herald serve: {e}"))
 }
