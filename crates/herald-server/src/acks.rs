@@ -125,7 +125,7 @@ impl AckTracker {
         let key = (channel.to_owned(), publication.offset);
         let mut deliveries = Vec::with_capacity(recipients.len());
         for subscription in recipients {
-            let client = subscription.client.id.clone();
+            let client = subscription.client.id.to_string();
             state.due.push(Reverse(Due {
                 at: now + backoff(timeout, 0),
                 channel: channel.to_owned(),

@@ -4,6 +4,7 @@
 //! node reaches it through [`Control`] orders.
 
 use crate::auth::{unix_now, TokenError};
+use crate::channel_map::ChannelMap;
 use crate::engine::{HistoryFilter, HistoryPage, StreamPosition};
 use crate::hub::{go_live_together, Subscription};
 use crate::metrics;
@@ -20,7 +21,7 @@ use herald_core::protocol::{
 };
 use herald_core::{Disconnect, ProtocolError};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,7 +102,7 @@ pub(crate) struct Session {
     conn_info: Option<RawJson>,
     roles: Arc<[String]>,
     expires_at: Option<u64>,
-    subscriptions: HashMap<String, ClientSubscription>,
+    subscriptions: ChannelMap<ClientSubscription>,
 }
 
 type CommandResult = Result<(), Disconnect>;
@@ -119,7 +120,7 @@ impl Session {
             conn_info: None,
             roles: Arc::from(Vec::new()),
             expires_at: None,
-            subscriptions: HashMap::new(),
+            subscriptions: ChannelMap::default(),
         }
     }
 
@@ -261,14 +262,14 @@ impl Session {
     fn client_info(&self, chan_info: Option<RawJson>) -> ClientInfo {
         ClientInfo {
             user: self.user.clone(),
-            client: self.handle.id.clone(),
+            client: self.handle.id.to_string(),
             conn_info: self.conn_info.clone(),
             chan_info,
         }
     }
 
     fn rpc_context(&self, method: &str) -> RpcContext {
-        RpcContext { client_id: self.handle.id.clone(), user: self.user.clone(), method: method.to_owned() }
+        RpcContext { client_id: self.handle.id.to_string(), user: self.user.clone(), method: method.to_owned() }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -327,11 +328,11 @@ impl Session {
         self.node.hub.add_client(self.handle.clone());
 
         let mut result = ConnectResult {
-            client: self.handle.id.clone(),
+            client: self.handle.id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             ping: config.ping_interval.as_secs().max(1) as u32,
             pong: !config.pong_timeout.is_zero(),
-            session: self.handle.id.clone(),
+            session: self.handle.id.to_string(),
             node: self.node.id.clone(),
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -402,7 +403,7 @@ impl Session {
                     id,
                     "refresh",
                     &RefreshResult {
-                        client: self.handle.id.clone(),
+                        client: self.handle.id.to_string(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         expires,
                         ttl,

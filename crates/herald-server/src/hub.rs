@@ -161,7 +161,7 @@ pub struct ChannelCount {
 /// Subscribers of one channel that share a view: evaluated and serialized once per publication.
 struct Group {
     view: Arc<View>,
-    members: HashMap<String, Arc<Subscription>>,
+    members: HashMap<Arc<str>, Arc<Subscription>>,
 }
 
 /// Subscribers of one channel on this node, grouped by view.
@@ -171,7 +171,7 @@ struct ChannelSubscribers {
     count: usize,
     /// The subscribers that asked for join/leave pushes, so a join costs what it sends rather
     /// than a pass over every subscriber of a large channel.
-    join_leave: HashMap<String, Arc<Subscription>>,
+    join_leave: HashMap<Arc<str>, Arc<Subscription>>,
 }
 
 impl ChannelSubscribers {
@@ -182,8 +182,8 @@ impl ChannelSubscribers {
 
 pub struct Hub {
     channels: Vec<RwLock<HashMap<String, ChannelSubscribers>>>,
-    clients: RwLock<HashMap<String, Arc<ClientHandle>>>,
-    users: RwLock<HashMap<String, HashSet<String>>>,
+    clients: RwLock<HashMap<Arc<str>, Arc<ClientHandle>>>,
+    users: RwLock<HashMap<String, HashSet<Arc<str>>>>,
 }
 
 impl Default for Hub {
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn pending_subscription_buffers_until_its_reply_is_queued() {
         let hub = Hub::new();
-        let handle = ClientHandle::new("c1".into(), 1 << 20);
+        let handle = ClientHandle::new("c1", 1 << 20);
         let handle = Arc::new(handle);
         let subscription = Subscription::new(handle.clone(), false, View::everything(), Viewer::default());
         hub.add_subscription("ch", subscription.clone());
@@ -485,8 +485,8 @@ mod tests {
     #[test]
     fn last_unsubscribe_empties_the_channel() {
         let hub = Hub::new();
-        let a = ClientHandle::new("a".into(), 1024);
-        let b = ClientHandle::new("b".into(), 1024);
+        let a = ClientHandle::new("a", 1024);
+        let b = ClientHandle::new("b", 1024);
         assert!(
             hub.add_subscription("ch", Subscription::new(Arc::new(a), false, View::everything(), Viewer::default()))
         );

@@ -11,6 +11,7 @@
 pub mod acks;
 pub mod api;
 pub mod auth;
+mod channel_map;
 mod client;
 mod delivery;
 pub mod engine;

@@ -511,7 +511,7 @@ impl Node {
     /// Disconnects connections of `user` (or the one `client`), sparing `whitelist`ed client ids.
     pub fn disconnect(&self, user: &str, client: &str, whitelist: &[String], disconnect: Disconnect) {
         for handle in self.inner.targets(user, client) {
-            if !whitelist.contains(&handle.id) {
+            if !whitelist.iter().any(|id| **id == *handle.id) {
                 handle.control(Control::Disconnect(disconnect.clone()));
             }
         }

@@ -113,7 +113,7 @@ pub struct Batch {
 }
 
 pub struct ClientHandle {
-    pub id: String,
+    pub id: Arc<str>,
     user: OnceLock<String>,
     queue: Mutex<Queue>,
     /// Orders for the session task. A deque that allocates only when used, rather than a
@@ -127,9 +127,9 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    pub fn new(id: String, queue_max_bytes: usize) -> Self {
+    pub fn new(id: impl Into<Arc<str>>, queue_max_bytes: usize) -> Self {
         Self {
-            id,
+            id: id.into(),
             user: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             controls: Mutex::new(VecDeque::new()),
@@ -480,7 +480,7 @@ mod tests {
     #[test]
     fn sheds_low_before_normal_and_never_high() {
         // Room for exactly four frames.
-        let handle = ClientHandle::new("c".into(), frame_size() * 4);
+        let handle = ClientHandle::new("c", frame_size() * 4);
         let priorities = [Priority::Low, Priority::Normal, Priority::Low, Priority::High];
         for (i, priority) in priorities.into_iter().enumerate() {
             let (bytes, p) = publication("ch", i as u64 + 1, priority);
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_high_publication_that_cannot_fit_disconnects_the_client() {
-        let handle = ClientHandle::new("c".into(), frame_size() * 2);
+        let handle = ClientHandle::new("c", frame_size() * 2);
         for offset in [1, 2] {
             let (bytes, p) = publication("ch", offset, Priority::Critical);
             assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
@@ -517,7 +517,7 @@ mod tests {
 
     #[test]
     fn a_newer_update_replaces_the_queued_one_with_the_same_key() {
-        let handle = ClientHandle::new("c".into(), 1 << 20);
+        let handle = ClientHandle::new("c", 1 << 20);
         for (offset, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
             let (bytes, p) = publication("ch", offset, Priority::Normal);
             let p = Arc::new(PublicationFrame { conflate: Some(Arc::from(key)), ..(*p).clone() });
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn replies_are_never_shed_and_taken_frames_free_the_queue() {
-        let handle = ClientHandle::new("c".into(), frame_size() * 2);
+        let handle = ClientHandle::new("c", frame_size() * 2);
         let (bytes, p) = publication("ch", 1, Priority::Low);
         handle.send_publication(bytes, p);
         let reply = || Utf8Bytes::from("x".repeat(frame_size()));
@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_takes_one_frame_larger_than_the_limit() {
-        let handle = ClientHandle::new("c".into(), 16);
+        let handle = ClientHandle::new("c", 16);
         assert!(handle.send(Utf8Bytes::from("r".repeat(1000))), "a large recovery reply still goes out");
         assert!(!handle.send(Utf8Bytes::from("more")));
     }

@@ -44,9 +44,10 @@ pub async fn handler(
     // with 1 KiB and 10.3 KB with 4 KiB) costs a few more reads only for large commands; the
     // buffer grows to fit a frame. Frames are flushed as they are written anyway.
     let upgrade = upgrade.read_buffer_size(256).write_buffer_size(0);
-    upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+    upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
+        // Not an async block: it would hold the socket a second time beside the connection.
         let tracker = node.inner.connections.clone();
-        tracker.track_future(serve_connection(node, socket, protobuf)).await
+        tracker.track_future(serve_connection(node, socket, protobuf))
     })
 }
 
