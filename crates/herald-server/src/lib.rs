@@ -25,6 +25,8 @@ mod shard;
 pub mod stats;
 pub mod view;
 mod websocket;
+mod ws_upgrade;
+mod ws_writer;
 
 pub use engine::{HistoryFilter, HistoryPage, StreamPosition};
 pub use herald_config::Config;

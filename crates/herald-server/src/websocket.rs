@@ -4,14 +4,15 @@
 use crate::client::Session;
 use crate::metrics;
 use crate::node::{glob_match, Node};
-use crate::outbound::Control;
-use crate::outbound::{pack_frames, ClientHandle};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use crate::outbound::{ClientHandle, Control};
+use crate::ws_writer::PackedWrite;
+use axum::extract::ws::Utf8Bytes;
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, Stream};
 use herald_core::Disconnect;
+use hyper_util::rt::TokioIo;
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,35 +21,64 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
 /// A connection that has not sent `connect` by then is closed as stale.
 const STALE_CLOSE_DELAY: Duration = Duration::from_secs(10);
 
+/// The client's end after the handshake.
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 pub async fn handler(
     State(node): State<Node>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
-    if !origin_allowed(&node.config().client.allowed_origins, &headers) {
+    if !origin_allowed(&node.config().client.allowed_origins, request.headers()) {
         metrics::bad_input("origin_not_allowed");
-        tracing::info!(origin = ?headers.get("origin"), "websocket origin not allowed");
+        tracing::info!(origin = ?request.headers().get("origin"), "websocket origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let accepted = match crate::ws_upgrade::accept(&mut request) {
+        Ok(accepted) => accepted,
+        Err(rejection) => {
+            metrics::bad_input("bad_websocket_handshake");
+            return rejection;
+        }
+    };
+    drop(request);
     let protobuf = query.get("format").is_some_and(|f| f == "protobuf");
     let limit = node.config().websocket.message_size_limit;
     // Small buffers: an idle connection should cost kilobytes, not the 128 KiB read buffer
     // tungstenite allocates by default. Clients send small commands (a connect with its token is
     // a few hundred bytes), so 256 bytes (measured per idle connection: 5.0 KB against 5.8 KB
     // with 1 KiB and 10.3 KB with 4 KiB) costs a few more reads only for large commands; the
-    // buffer grows to fit a frame. Frames are flushed as they are written anyway.
-    let upgrade = upgrade.read_buffer_size(256).write_buffer_size(0);
-    upgrade.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
-        // Not an async block: it would hold the socket a second time beside the connection.
-        let tracker = node.inner.connections.clone();
-        tracker.track_future(serve_connection(node, socket, protobuf))
-    })
+    // buffer grows to fit a frame. Queued frames bypass tungstenite's write buffer (see
+    // `ws_writer`); what it writes itself (pongs, the close frame) is flushed at once.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(256)
+        .write_buffer_size(0)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let on_upgrade = accepted.on_upgrade;
+    node.inner.connections.clone().spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::info!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        // Built before it is awaited, so this future does not hold the socket a second time.
+        let connection = serve_connection(node, socket, protobuf);
+        connection.await
+    });
+    accepted.response
 }
 
 /// Browsers send `Origin`; other clients usually don't and are let through. A browser origin is
@@ -66,7 +96,7 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 
 /// Why the read side produced something for the session loop.
 enum Event {
-    Frame(Utf8Bytes),
+    Frame(tokio_tungstenite::tungstenite::Utf8Bytes),
     Control(Control),
     /// A ping or pong from the peer: it is alive.
     Alive,
@@ -216,14 +246,18 @@ struct Timers {
     stale_deadline: Instant,
 }
 
-/// The socket and the write half of the connection: it packs what the queue holds into as few
-/// WebSocket frames as possible (newline-separated, as the protocol allows), so a busy
-/// connection costs one write per batch.
+/// The socket and the write half of the connection: what the queue holds goes out as one
+/// WebSocket text frame per batch (newline-separated, as the protocol allows), written straight
+/// from the queued bytes, so a busy connection costs one write per batch.
 struct Transport {
     socket: WebSocket,
     handle: Arc<ClientHandle>,
-    /// A packed frame taken from the queue (or the close frame) that the socket did not accept
-    /// yet.
+    /// The packed frame being written.
+    packed: Option<PackedWrite>,
+    /// tungstenite may hold bytes of its own (a pong, a close reply) since it last read: they
+    /// are flushed before a packed frame starts, so frames never interleave.
+    tungstenite_dirty: bool,
+    /// The close frame, which tungstenite writes, before the socket accepted it.
     outgoing: Option<Message>,
     flushing: bool,
     /// Set once the queue ended with a close: nothing more is taken from it.
@@ -244,6 +278,8 @@ impl Transport {
         Self {
             socket,
             handle,
+            packed: None,
+            tungstenite_dirty: false,
             outgoing: None,
             flushing: false,
             closing: None,
@@ -254,7 +290,7 @@ impl Transport {
     }
 
     fn writing_done(&self) -> bool {
-        self.failed || (self.closing.is_some() && self.outgoing.is_none() && !self.flushing)
+        self.failed || (self.closing.is_some() && self.packed.is_none() && self.outgoing.is_none() && !self.flushing)
     }
 
     /// Moves queued frames to the socket as far as it takes them. Ready once writing has ended
@@ -265,6 +301,16 @@ impl Transport {
         for _ in 0..BATCHES_PER_POLL {
             if self.failed {
                 return Poll::Ready(());
+            }
+            if let Some(packed) = &mut self.packed {
+                match packed.poll_write(self.socket.get_mut(), cx) {
+                    Poll::Pending => return self.write_pending(),
+                    Poll::Ready(Err(_)) => return self.fail(),
+                    Poll::Ready(Ok(())) => {
+                        self.packed = None;
+                        self.write_deadline = None;
+                    }
+                }
             }
             if let Some(frame) = self.outgoing.take() {
                 match Pin::new(&mut self.socket).poll_ready(cx) {
@@ -281,12 +327,13 @@ impl Transport {
                     }
                 }
             }
-            if self.flushing {
+            if self.flushing || self.tungstenite_dirty {
                 match Pin::new(&mut self.socket).poll_flush(cx) {
                     Poll::Pending => return self.write_pending(),
                     Poll::Ready(Err(_)) => return self.fail(),
                     Poll::Ready(Ok(())) => {
                         self.flushing = false;
+                        self.tungstenite_dirty = false;
                         self.write_deadline = None;
                     }
                 }
@@ -299,8 +346,11 @@ impl Transport {
                 self.closing = Some(batch.close);
             }
             // A client disconnected as slow gets nothing more: it recovers from history.
-            if !self.handle.overflowed() {
-                self.outgoing = pack(batch.frames).map(Message::Text);
+            if !self.handle.overflowed() && !batch.frames.is_empty() {
+                match PackedWrite::text(batch.frames) {
+                    Ok(packed) => self.packed = Some(packed),
+                    Err(_) => return self.fail(),
+                }
             }
         }
         cx.waker().wake_by_ref();
@@ -316,6 +366,7 @@ impl Transport {
 
     fn fail(&mut self) -> Poll<()> {
         self.failed = true;
+        self.packed = None;
         self.outgoing = None;
         Poll::Ready(())
     }
@@ -334,7 +385,10 @@ impl Transport {
         if let Some(order) = self.handle.try_control() {
             return Poll::Ready(Event::Control(order));
         }
-        if let Poll::Ready(message) = Pin::new(&mut self.socket).poll_next(cx) {
+        // Not while a packed frame is part written: tungstenite may write a pong as it reads.
+        let readable = self.packed.is_none() && self.outgoing.is_none() && !self.flushing;
+        if let Poll::Ready(message) = if readable { Pin::new(&mut self.socket).poll_next(cx) } else { Poll::Pending } {
+            self.tungstenite_dirty = true;
             return Poll::Ready(match message {
                 Some(Ok(Message::Text(text))) => Event::Frame(text),
                 Some(Ok(Message::Binary(_))) => {
@@ -343,7 +397,7 @@ impl Transport {
                     Event::Disconnect(Disconnect::BAD_REQUEST)
                 }
                 // Any sign of life answers the heartbeat; tungstenite answers pings itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => Event::Alive,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Event::Alive,
                 Some(Ok(Message::Close(_))) | None => Event::PeerGone,
                 Some(Err(error)) => {
                     // Oversized frames surface here as capacity errors.
@@ -391,8 +445,11 @@ impl Transport {
             }
             match self.closing.take() {
                 Some(Some(disconnect)) => {
-                    let reason = Utf8Bytes::from(disconnect.reason.to_string());
-                    self.outgoing = Some(Message::Close(Some(CloseFrame { code: disconnect.code, reason })));
+                    let frame = CloseFrame {
+                        code: CloseCode::from(disconnect.code),
+                        reason: disconnect.reason.to_string().into(),
+                    };
+                    self.outgoing = Some(Message::Close(Some(frame)));
                     self.closing = Some(None);
                 }
                 closing => {
@@ -402,13 +459,6 @@ impl Transport {
             }
         }
     }
-}
-
-fn pack(mut frames: Vec<Utf8Bytes>) -> Option<Utf8Bytes> {
-    if frames.len() <= 1 {
-        return frames.pop();
-    }
-    Some(pack_frames(frames.iter()))
 }
 
 #[cfg(test)]

@@ -1,0 +1,154 @@
+//! Writing packed text frames straight from the queued bytes.
+//!
+//! Everything queued for a connection goes out as one WebSocket text frame whose payload is the
+//! queued frames joined by newlines (several replies per frame, as the protocol allows). Rather
+//! than copying them into one string and tungstenite copying that into its write buffer, the
+//! frame is written with vectored writes: the header (encoded by tungstenite), then each shared
+//! frame and the newlines between them. Nothing stays allocated between writes.
+
+use axum::extract::ws::Utf8Bytes;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// Slices per `writev`: Linux takes up to 1,024 (`IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// A server text frame (unmasked, final) made of frames joined by newlines, part written.
+pub struct PackedWrite {
+    header: [u8; 10],
+    header_len: usize,
+    frames: Vec<Utf8Bytes>,
+    /// Bytes of header and payload already written.
+    written: usize,
+    total: usize,
+}
+
+impl PackedWrite {
+    pub fn text(frames: Vec<Utf8Bytes>) -> io::Result<Self> {
+        let payload: usize =
+            frames.iter().map(|frame| frame.as_str().len()).sum::<usize>() + frames.len().saturating_sub(1);
+        let mut header = [0u8; 10];
+        let mut cursor: &mut [u8] = &mut header;
+        let frame_header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+        frame_header.format(payload as u64, &mut cursor).map_err(io::Error::other)?;
+        let header_len = 10 - cursor.len();
+        Ok(Self { header, header_len, frames, written: 0, total: header_len + payload })
+    }
+
+    /// The segments still to write, in order: header, frame, newline, frame, ...
+    fn fill<'a>(&'a self, slices: &mut Vec<IoSlice<'a>>) {
+        let mut skip = self.written;
+        let mut push = |bytes: &'a [u8], slices: &mut Vec<IoSlice<'a>>| {
+            if skip >= bytes.len() {
+                skip -= bytes.len();
+            } else {
+                slices.push(IoSlice::new(&bytes[skip..]));
+                skip = 0;
+            }
+            slices.len() < MAX_SLICES
+        };
+        if !push(&self.header[..self.header_len], slices) {
+            return;
+        }
+        for (index, frame) in self.frames.iter().enumerate() {
+            if index > 0 && !push(b"\n", slices) {
+                return;
+            }
+            if !push(frame.as_str().as_bytes(), slices) {
+                return;
+            }
+        }
+    }
+
+    /// Writes on until the whole frame is out.
+    pub fn poll_write<W: AsyncWrite + Unpin>(&mut self, io: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.total {
+            let mut slices = Vec::with_capacity((self.frames.len() * 2 + 1).min(MAX_SLICES));
+            self.fill(&mut slices);
+            let written = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += written;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A writer that takes at most `step` bytes per call and is not ready every other call, so
+    /// the frame is resumed mid-header and mid-payload.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.calls += 1;
+            if self.calls % 2 == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_back(bytes: Vec<u8>) -> Vec<String> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(&bytes).await.expect("written");
+        drop(client);
+        let mut reader = WebSocketStream::from_raw_socket(server, Role::Client, None).await;
+        let mut texts = Vec::new();
+        while let Some(Ok(message)) = reader.next().await {
+            if let Message::Text(text) = message {
+                texts.push(text.as_str().to_owned());
+            }
+        }
+        texts
+    }
+
+    #[tokio::test]
+    async fn a_frame_written_in_pieces_reads_back_whole() {
+        // Payload lengths that take each header size: 7-bit, 16-bit and 64-bit lengths.
+        for size in [3usize, 200, 70_000] {
+            let frames: Vec<Utf8Bytes> = (0..3).map(|n| Utf8Bytes::from(format!("{n}{}", "x".repeat(size)))).collect();
+            let mut write = PackedWrite::text(frames.clone()).expect("header");
+            let mut trickle = Trickle { out: Vec::new(), step: 7, calls: 0 };
+            std::future::poll_fn(|cx| write.poll_write(&mut trickle, cx)).await.expect("written");
+            let expected: Vec<&str> = frames.iter().map(Utf8Bytes::as_str).collect();
+            assert_eq!(read_back(trickle.out).await, [expected.join("\n")], "payload of {size}-byte frames");
+        }
+    }
+
+    #[tokio::test]
+    async fn more_frames_than_one_writev_takes() {
+        let frames: Vec<Utf8Bytes> = (0..3000).map(|n| Utf8Bytes::from(format!("{{\"n\":{n}}}"))).collect();
+        let mut write = PackedWrite::text(frames.clone()).expect("header");
+        let mut out = Vec::new();
+        std::future::poll_fn(|cx| write.poll_write(&mut out, cx)).await.expect("written");
+        let expected: Vec<&str> = frames.iter().map(Utf8Bytes::as_str).collect();
+        assert_eq!(read_back(out).await, [expected.join("\n")]);
+    }
+}
