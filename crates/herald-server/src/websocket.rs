@@ -47,7 +47,8 @@ pub async fn handler(
         Ok(accepted) => accepted,
         Err(rejection) => {
             metrics::bad_input("bad_websocket_handshake");
-            return rejection;
+            tracing::info!(reason = rejection.message, "not a websocket handshake");
+            return rejection.into_response();
         }
     };
     drop(request);

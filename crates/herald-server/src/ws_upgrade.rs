@@ -17,9 +17,27 @@ pub struct Accepted {
     pub on_upgrade: OnUpgrade,
 }
 
+/// Why a request is not a WebSocket handshake Herald takes.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.message).into_response();
+        if self.status == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455, section 4.4: name the version that is supported.
+            response.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
+        response
+    }
+}
+
 /// Checks the opening handshake; a request that is not one is answered with why.
-pub fn accept(request: &mut Request) -> Result<Accepted, Response> {
-    let reject = |status: StatusCode, message: &'static str| (status, message).into_response();
+pub fn accept(request: &mut Request) -> Result<Accepted, Rejection> {
+    let reject = |status: StatusCode, message: &'static str| Rejection { status, message };
     if request.method() != Method::GET {
         return Err(reject(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket handshake is a GET request"));
     }
@@ -31,9 +49,7 @@ pub fn accept(request: &mut Request) -> Result<Accepted, Response> {
         return Err(reject(StatusCode::BAD_REQUEST, "the Upgrade header must be 'websocket'"));
     }
     if headers.get(SEC_WEBSOCKET_VERSION).is_none_or(|version| version.as_bytes() != b"13") {
-        let mut response = reject(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported");
-        response.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Err(response);
+        return Err(reject(StatusCode::UPGRADE_REQUIRED, "only WebSocket version 13 is supported"));
     }
     let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
         return Err(reject(StatusCode::BAD_REQUEST, "the Sec-WebSocket-Key header is missing"));
@@ -87,7 +103,7 @@ mod tests {
     fn rejects_what_is_not_a_handshake() {
         let status = |method, headers: &[(&str, &str)]| match accept(&mut request(method, headers)) {
             Ok(_) => StatusCode::SWITCHING_PROTOCOLS,
-            Err(response) => response.status(),
+            Err(rejection) => rejection.status,
         };
         assert_eq!(status(Method::POST, GOOD), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(status(Method::GET, &GOOD[1..]), StatusCode::BAD_REQUEST);

@@ -99,7 +99,7 @@ mod tests {
     impl AsyncWrite for Trickle {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
             self.calls += 1;
-            if self.calls % 2 == 0 {
+            if self.calls.is_multiple_of(2) {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
