@@ -96,10 +96,10 @@ struct Queue {
     /// Bytes queued and not yet taken by the writer.
     bytes: usize,
     /// Queued entries that carry a conflation key; the replace scan runs only when some do.
-    conflatable: usize,
+    conflatable: u32,
     /// Queued publication entries per priority (low, normal, high, critical): shedding scans only
     /// for a priority that is there, and stops once none is left.
-    per_priority: [usize; 4],
+    per_priority: [u32; 4],
     gaps: BTreeMap<Arc<str>, Gap>,
     close: Option<Disconnect>,
 }

@@ -7,7 +7,7 @@
 use super::*;
 use parking_lot::{Mutex, RwLock};
 use rand::distr::{Alphanumeric, SampleString};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -307,7 +307,31 @@ impl Broker for MemoryBroker {
 
 /// In-memory presence: who is subscribed to each channel on this node.
 pub struct MemoryPresence {
-    channels: Vec<RwLock<HashMap<String, HashMap<String, ClientInfo>>>>,
+    channels: Vec<RwLock<HashMap<String, HashSet<Present>>>>,
+}
+
+/// A present client, found by its client id: the set's key is the info's own `client` field,
+/// not a second copy of the id (every subscriber of a presence channel holds one entry).
+struct Present(ClientInfo);
+
+impl PartialEq for Present {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client == other.0.client
+    }
+}
+
+impl Eq for Present {}
+
+impl std::hash::Hash for Present {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.client.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Present {
+    fn borrow(&self) -> &str {
+        &self.0.client
+    }
 }
 
 impl Default for MemoryPresence {
@@ -325,11 +349,11 @@ impl MemoryPresence {
 #[async_trait]
 impl PresenceManager for MemoryPresence {
     async fn add_presence(&self, channel: &str, client_id: &str, info: &ClientInfo) -> Result<(), EngineError> {
-        self.channels[shard_of(channel)]
-            .write()
-            .entry(channel.to_owned())
-            .or_default()
-            .insert(client_id.to_owned(), info.clone());
+        let mut info = info.clone();
+        if info.client != client_id {
+            info.client = client_id.to_owned();
+        }
+        self.channels[shard_of(channel)].write().entry(channel.to_owned()).or_default().replace(Present(info));
         Ok(())
     }
 
@@ -348,14 +372,14 @@ impl PresenceManager for MemoryPresence {
         Ok(self.channels[shard_of(channel)]
             .read()
             .get(channel)
-            .map(|clients| clients.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|clients| clients.iter().map(|present| (present.0.client.clone(), present.0.clone())).collect())
             .unwrap_or_default())
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, EngineError> {
         let shard = self.channels[shard_of(channel)].read();
         let Some(clients) = shard.get(channel) else { return Ok(PresenceStats::default()) };
-        let users: std::collections::HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
+        let users: HashSet<&str> = clients.iter().map(|present| present.0.user.as_str()).collect();
         Ok(PresenceStats { num_clients: clients.len() as u32, num_users: users.len() as u32 })
     }
 }
