@@ -17,7 +17,7 @@ use herald_core::Disconnect;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
 
@@ -119,6 +119,9 @@ pub struct ClientHandle {
     /// Orders for the session task. A deque that allocates only when used, rather than a
     /// channel whose first block costs every idle connection a couple of kilobytes.
     controls: Mutex<VecDeque<Control>>,
+    /// Orders waiting: the task checks this on every wake, and a busy connection wakes for
+    /// every batch, so it should not need the lock to find none.
+    pending_controls: AtomicUsize,
     /// The connection's one task, which both writes the queue and carries out the orders: a
     /// single waker is cheaper to wake than a `Notify` (no lock) and smaller to hold.
     task: AtomicWaker,
@@ -133,6 +136,7 @@ impl ClientHandle {
             user: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             controls: Mutex::new(VecDeque::new()),
+            pending_controls: AtomicUsize::new(0),
             task: AtomicWaker::new(),
             queue_max_bytes,
             overflowed: AtomicBool::new(false),
@@ -284,12 +288,21 @@ impl ClientHandle {
     }
 
     pub fn control(&self, order: Control) {
-        self.controls.lock().push_back(order);
+        let mut controls = self.controls.lock();
+        controls.push_back(order);
+        self.pending_controls.store(controls.len(), Ordering::Release);
+        drop(controls);
         self.task.wake();
     }
 
     pub fn try_control(&self) -> Option<Control> {
-        self.controls.lock().pop_front()
+        if self.pending_controls.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut controls = self.controls.lock();
+        let order = controls.pop_front();
+        self.pending_controls.store(controls.len(), Ordering::Release);
+        order
     }
 
     /// True once the queue overflowed: the writer discards what is still queued.

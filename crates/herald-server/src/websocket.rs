@@ -158,6 +158,7 @@ async fn session_loop(
     let shutdown = node.shutdown_token();
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
+    let mut shutdown = ShutdownWatch { token: &shutdown, wait: cancelled, armed: false };
     let now = Instant::now();
     let far_future = now + Duration::from_secs(86_400 * 365);
     let mut timers = Timers {
@@ -190,7 +191,7 @@ async fn session_loop(
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }
-        let event = std::future::poll_fn(|cx| transport.poll_event(cx, sleep.as_mut(), cancelled.as_mut())).await;
+        let event = std::future::poll_fn(|cx| transport.poll_event(cx, sleep.as_mut(), &mut shutdown)).await;
         let result = match event {
             Event::Frame(text) => {
                 timers.pong_deadline = None;
@@ -237,6 +238,25 @@ async fn session_loop(
         if transport.failed {
             break Err(Disconnect::WRITE_ERROR);
         }
+    }
+}
+
+/// The node's shutdown, seen from one connection. Polling the wait itself on every wake of a busy
+/// connection would take the token's lock, which all connections share; once it holds the
+/// task's waker, a flag check is enough.
+struct ShutdownWatch<'token, 'wait> {
+    token: &'token tokio_util::sync::CancellationToken,
+    wait: Pin<&'wait mut WaitForCancellationFuture<'token>>,
+    armed: bool,
+}
+
+impl ShutdownWatch<'_, '_> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed {
+            return if self.token.is_cancelled() { Poll::Ready(()) } else { Poll::Pending };
+        }
+        self.armed = true;
+        self.wait.as_mut().poll(cx)
     }
 }
 
@@ -377,7 +397,7 @@ impl Transport {
         &mut self,
         cx: &mut Context<'_>,
         sleep: Pin<&mut tokio::time::Sleep>,
-        cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+        shutdown: &mut ShutdownWatch<'_, '_>,
     ) -> Poll<Event> {
         self.handle.register_task(cx.waker());
         if !self.writing_done() && self.poll_write(cx).is_ready() && self.failed {
@@ -416,7 +436,7 @@ impl Transport {
         if sleep.poll(cx).is_ready() {
             return Poll::Ready(Event::Deadline);
         }
-        if cancelled.poll(cx).is_ready() {
+        if shutdown.poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
         Poll::Pending
