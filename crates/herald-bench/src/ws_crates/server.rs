@@ -1,8 +1,8 @@
 //! The minimal server shape each WebSocket crate is measured in, one crate per process: an axum
 //! router upgrades `GET /ws` (as Herald's does), every connection gets an unbounded queue of
 //! pre-encoded text frames and a writer task that packs whatever is queued into one frame
-//! (newline-joined, up to 64 KiB, like Herald's `write_loop`), and a reader that waits for the
-//! close. A plain-text control port takes `count` (connections registered) and
+//! (newline-joined, up to 64 KiB, as Herald's writer task did when this was written), and a
+//! reader that waits for the close. A plain-text control port takes `count` (connections registered) and
 //! `fanout FRAMES BYTES PACK` (queue FRAMES frames of about BYTES bytes on every connection;
 //! PACK 1 packs queued frames, 0 writes each as its own message).
 //!
