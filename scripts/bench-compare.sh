@@ -62,9 +62,9 @@ for scenario in "${SCENARIOS[@]}"; do
     latency) compare latency latency -n "$N" -m 1000 --rate 100 --timeout 90 ;;
     idle) compare idle idle -n "$IDLE" --duration 5 --timeout 180 ;;
     churn) compare churn churn --duration 10 --concurrency 64 ;;
-    slow) compare slow slow -n "$N" -m 1000 --rate 100 --slow-share 0.01 --timeout 90 ;;
+    slow) compare slow slow -n "$N" -m 1000 --rate 100 --slow-share 0.01 --rounds 3 --timeout 90 ;;
     # 2 MB for each subscriber over 20 s: a stalled one overflows Herald's 1 MiB queue limit.
-    slow-overflow) compare slow-overflow slow -n "$N" -m 2000 --rate 100 --payload 1000 --slow-share 0.01 --timeout 120 ;;
+    slow-overflow) compare slow-overflow slow -n "$N" -m 2000 --rate 100 --payload 1000 --slow-share 0.01 --rounds 3 --timeout 120 ;;
     ws-crates)
       echo
       echo "### ws-crates ($(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores)"
