@@ -399,8 +399,10 @@ impl Transport {
         sleep: Pin<&mut tokio::time::Sleep>,
         shutdown: &mut ShutdownWatch<'_, '_>,
     ) -> Poll<Event> {
-        self.handle.register_task(cx.waker());
-        if !self.writing_done() && self.poll_write(cx).is_ready() && self.failed {
+        // `poll_write` registers the task's waker; once writing has ended, orders still need it.
+        if self.writing_done() {
+            self.handle.register_task(cx.waker());
+        } else if self.poll_write(cx).is_ready() && self.failed {
             return Poll::Ready(Event::WriteFailed);
         }
         if let Some(order) = self.handle.try_control() {
