@@ -110,6 +110,9 @@ struct Queue {
 pub struct Batch {
     pub frames: Vec<Utf8Bytes>,
     pub close: Option<Disconnect>,
+    /// Nothing was left in the queue: whatever arrives next wakes the task, so the writer need
+    /// not look again (and take the lock) before it is woken.
+    pub drained: bool,
 }
 
 pub struct ClientHandle {
@@ -127,6 +130,23 @@ pub struct ClientHandle {
     task: AtomicWaker,
     queue_max_bytes: usize,
     overflowed: AtomicBool,
+    /// Set by the socket's read readiness (the handle is the waker the reader registers, see
+    /// the `Wake` impl): a busy connection is woken for every batch, and looking at the socket
+    /// each time cost tokio's readiness lock and tungstenite's read path for nothing.
+    read_ready: AtomicBool,
+}
+
+/// The waker the connection task gives the socket's read side: it marks the socket readable and
+/// wakes the task, which then reads. Made once per connection from its `Arc<ClientHandle>`.
+impl std::task::Wake for ClientHandle {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.read_ready.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 impl ClientHandle {
@@ -140,6 +160,7 @@ impl ClientHandle {
             task: AtomicWaker::new(),
             queue_max_bytes,
             overflowed: AtomicBool::new(false),
+            read_ready: AtomicBool::new(true),
         }
     }
 
@@ -273,6 +294,7 @@ impl ClientHandle {
         }
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
+            batch.drained = true;
         }
         Some(batch)
     }
@@ -303,6 +325,17 @@ impl ClientHandle {
         let order = controls.pop_front();
         self.pending_controls.store(controls.len(), Ordering::Release);
         order
+    }
+
+    /// Takes the mark left by [`ClientHandle`]'s read waker: true when the socket may have become
+    /// readable since the last look (and at first), so the task reads only then.
+    pub fn take_read_ready(&self) -> bool {
+        self.read_ready.swap(false, Ordering::AcqRel)
+    }
+
+    /// Reading returned something: more may be buffered without the socket waking again.
+    pub fn keep_read_ready(&self) {
+        self.read_ready.store(true, Ordering::Release);
     }
 
     /// True once the queue overflowed: the writer discards what is still queued.

@@ -288,6 +288,10 @@ struct Transport {
     write_timeout: Duration,
     /// When the write under way must have finished.
     write_deadline: Option<Instant>,
+    /// The last batch emptied the queue: once it is written, the writer waits to be woken.
+    queue_drained: bool,
+    /// Given to the socket's read side: marks the handle readable, then wakes the task.
+    read_waker: std::task::Waker,
 }
 
 /// Batches written in one poll before the task lets others run, so a connection that is always
@@ -298,7 +302,6 @@ impl Transport {
     fn new(socket: WebSocket, handle: Arc<ClientHandle>, write_timeout: Duration) -> Self {
         Self {
             socket,
-            handle,
             packed: None,
             tungstenite_dirty: false,
             outgoing: None,
@@ -307,6 +310,9 @@ impl Transport {
             failed: false,
             write_timeout,
             write_deadline: None,
+            queue_drained: false,
+            read_waker: std::task::Waker::from(handle.clone()),
+            handle,
         }
     }
 
@@ -319,6 +325,8 @@ impl Transport {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Before anything else: orders must wake the task even while the socket is stuck.
         self.handle.register_task(cx.waker());
+        // Woken, so something may have been queued since the last batch.
+        self.queue_drained = false;
         for _ in 0..BATCHES_PER_POLL {
             if self.failed {
                 return Poll::Ready(());
@@ -362,7 +370,11 @@ impl Transport {
             if self.closing.is_some() {
                 return Poll::Ready(());
             }
+            if self.queue_drained {
+                return Poll::Pending;
+            }
             let Some(batch) = self.handle.try_batch() else { return Poll::Pending };
+            self.queue_drained = batch.drained;
             if batch.close.is_some() {
                 self.closing = Some(batch.close);
             }
@@ -409,8 +421,14 @@ impl Transport {
             return Poll::Ready(Event::Control(order));
         }
         // Not while a packed frame is part written: tungstenite may write a pong as it reads.
+        // Only when the read side woke the task since it last found nothing.
         let readable = self.packed.is_none() && self.outgoing.is_none() && !self.flushing;
-        if let Poll::Ready(message) = if readable { Pin::new(&mut self.socket).poll_next(cx) } else { Poll::Pending } {
+        if let Poll::Ready(message) = if readable && self.handle.take_read_ready() {
+            Pin::new(&mut self.socket).poll_next(&mut Context::from_waker(&self.read_waker))
+        } else {
+            Poll::Pending
+        } {
+            self.handle.keep_read_ready();
             self.tungstenite_dirty = true;
             return Poll::Ready(match message {
                 Some(Ok(Message::Text(text))) => Event::Frame(text),
