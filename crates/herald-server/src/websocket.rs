@@ -408,7 +408,7 @@ impl Transport {
     fn poll_event(
         &mut self,
         cx: &mut Context<'_>,
-        sleep: Pin<&mut tokio::time::Sleep>,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
         shutdown: &mut ShutdownWatch<'_, '_>,
     ) -> Poll<Event> {
         // `poll_write` registers the task's waker; once writing has ended, orders still need it.
@@ -416,6 +416,11 @@ impl Transport {
             self.handle.register_task(cx.waker());
         } else if self.poll_write(cx).is_ready() && self.failed {
             return Poll::Ready(Event::WriteFailed);
+        }
+        // A write that just got stuck set its deadline here, after the session loop armed the
+        // timer: without this a client that stopped reading stayed until the next ping.
+        if let Some(at) = self.write_deadline.filter(|at| *at < sleep.deadline()) {
+            sleep.as_mut().reset(at);
         }
         if let Some(order) = self.handle.try_control() {
             return Poll::Ready(Event::Control(order));

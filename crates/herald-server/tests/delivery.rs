@@ -181,6 +181,34 @@ async fn critical_publications_are_never_shed_the_client_is_disconnected_and_rec
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_closed_once_a_write_is_stuck_past_the_write_timeout() {
+    let mut config = delivery_config();
+    // Far shorter than the first ping (12.5-25 s), which used to be what noticed the stuck write.
+    config.websocket.write_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let mut stalled = stalled_subscriber(&server, "stuck").await;
+    assert_eq!(server.node.channels("stuck").get("stuck"), Some(&1));
+    let mut published = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // Publishes until the server lets the connection go: normal publications are shed, never a
+    // reason to disconnect, so only the stuck write can end it. Yielding lets the connection's
+    // task write (and get stuck) between publications.
+    while server.node.channels("stuck").contains_key("stuck") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still subscribed after {published} publications: the stuck write was not timed out"
+        );
+        publish(&server, "stuck", published, Priority::Normal).await;
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Whatever the socket still held arrives, then the connection ends.
+    let got = drain(&mut stalled, "stuck", u64::MAX).await;
+    assert!(got.offsets.len() < published as usize, "it was closed before receiving everything");
+    server.stop().await.expect("stopped");
+}
+
+#[tokio::test]
 async fn a_stalled_client_does_not_hold_up_a_healthy_one() {
     let server = TestServer::start(delivery_config()).await;
     let mut stalled = stalled_subscriber(&server, "shared").await;
