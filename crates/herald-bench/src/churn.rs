@@ -6,7 +6,6 @@
 
 use crate::fanout::ws_config;
 use crate::net::{self, SocketOptions, Sources};
-use crate::subscribe::MAX_LATENCY_US;
 use crate::{nats, procfs, subscribe, Target};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -130,7 +129,7 @@ pub fn measure(args: ChurnArgs) -> Result<Value> {
     let fds_after = args.server_pid.and_then(procfs::open_fds);
     runtime.shutdown_timeout(Duration::from_secs(2));
 
-    let mut handshake = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
+    let mut handshake = subscribe::latency_histogram()?;
     let mut errors = Vec::new();
     for worker in &workers {
         handshake.add(&worker.handshake)?;
@@ -195,7 +194,7 @@ async fn worker(
     end: Instant,
 ) -> Worker {
     let mut worker = Worker {
-        handshake: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid"),
+        handshake: subscribe::latency_histogram().expect("constant histogram bounds are valid"),
         first_error: None,
     };
     let url = subscribe::url(args.target, &addr, &args.channel);

@@ -3,10 +3,9 @@
 
 use crate::net::{self, Sources};
 use crate::procfs::{self, RssSampler};
-use crate::subscribe::{self, Local, MAX_LATENCY_US};
+use crate::subscribe::{self, Local};
 use crate::{publish, FanoutArgs, PublishOver, Target};
 use anyhow::{Context, Result};
-use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -202,8 +201,8 @@ async fn scenario(shared: Arc<Shared>, hold: Option<Duration>) -> Result<Value> 
     let _ = stop_tx.send(true);
 
     // Merge the subscribers' counts.
-    let mut latency = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
-    let mut connect = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
+    let mut latency = subscribe::latency_histogram()?;
+    let mut connect = subscribe::latency_histogram()?;
     let (mut unique, mut duplicates, mut out_of_order, mut unexpected, mut unjoined) = (0u64, 0u64, 0u64, 0u64, 0usize);
     let (mut slow_disconnected, mut slow_deliveries) = (0usize, 0u64);
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);

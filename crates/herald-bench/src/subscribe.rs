@@ -19,7 +19,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Highest latency the histograms track (microseconds); larger values count as this.
-pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// A histogram of microseconds, 1 µs to an hour at three significant digits: what every scenario
+/// records latencies and handshake times in, so that they merge.
+pub fn latency_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+}
 
 /// One subscriber's own counts, merged at the end so that recording costs no shared lock.
 pub struct Local {
@@ -58,7 +64,7 @@ impl Local {
         let (latency, error) = if messages == 0 {
             (None, None)
         } else {
-            match Histogram::new_with_bounds(1, MAX_LATENCY_US, 3) {
+            match latency_histogram() {
                 Ok(histogram) => (Some(histogram), None),
                 Err(error) => (None, Some(format!("latency histogram: {error}"))),
             }

@@ -288,8 +288,6 @@ struct Transport {
     write_timeout: Duration,
     /// When the write under way must have finished.
     write_deadline: Option<Instant>,
-    /// The last batch emptied the queue: once it is written, the writer waits to be woken.
-    queue_drained: bool,
     /// Given to the socket's read side: marks the handle readable, then wakes the task.
     read_waker: std::task::Waker,
 }
@@ -310,7 +308,6 @@ impl Transport {
             failed: false,
             write_timeout,
             write_deadline: None,
-            queue_drained: false,
             read_waker: std::task::Waker::from(handle.clone()),
             handle,
         }
@@ -325,8 +322,9 @@ impl Transport {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Before anything else: orders must wake the task even while the socket is stuck.
         self.handle.register_task(cx.waker());
-        // Woken, so something may have been queued since the last batch.
-        self.queue_drained = false;
+        // Set once a batch emptied the queue: once it is written, whatever arrived since has
+        // woken the task again, so this poll need not take the queue's lock to find it empty.
+        let mut queue_drained = false;
         for _ in 0..BATCHES_PER_POLL {
             if self.failed {
                 return Poll::Ready(());
@@ -370,11 +368,11 @@ impl Transport {
             if self.closing.is_some() {
                 return Poll::Ready(());
             }
-            if self.queue_drained {
+            if queue_drained {
                 return Poll::Pending;
             }
             let Some(batch) = self.handle.try_batch() else { return Poll::Pending };
-            self.queue_drained = batch.drained;
+            queue_drained = batch.drained;
             if batch.close.is_some() {
                 self.closing = Some(batch.close);
             }
