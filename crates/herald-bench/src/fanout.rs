@@ -3,7 +3,8 @@
 
 use crate::net::{self, Sources};
 use crate::procfs::{self, RssSampler};
-use crate::subscribe::{self, Local};
+use crate::readers::Readers;
+use crate::subscribe;
 use crate::{publish, FanoutArgs, PublishOver, Target};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -56,7 +57,12 @@ static CLOCK: OnceLock<Instant> = OnceLock::new();
 
 /// Nanoseconds on the clock shared by the publisher and the subscribers (one process).
 pub fn now_ns() -> u64 {
-    CLOCK.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    ns_since_start(Instant::now())
+}
+
+/// `at` on that clock (a subscriber reads the clock once and needs it both ways).
+pub fn ns_since_start(at: Instant) -> u64 {
+    at.saturating_duration_since(*CLOCK.get_or_init(Instant::now)).as_nanos() as u64
 }
 
 /// Client WebSocket settings: small buffers (thousands of connections in one process).
@@ -136,10 +142,18 @@ async fn scenario(shared: Arc<Shared>, hold: Option<Duration>) -> Result<Value> 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::channel(args.subscribers.max(1));
     let connect_slots = Arc::new(Semaphore::new(args.connect_concurrency));
+    let readers = Arc::new(Readers::start(args.threads, shared.clone(), deadline)?);
     let mut tasks = Vec::with_capacity(args.subscribers);
     for index in 0..args.subscribers {
-        let task =
-            subscribe::run(index, shared.clone(), connect_slots.clone(), ready_tx.clone(), stop_rx.clone(), deadline);
+        let task = subscribe::run(
+            index,
+            shared.clone(),
+            readers.clone(),
+            connect_slots.clone(),
+            ready_tx.clone(),
+            stop_rx.clone(),
+            deadline,
+        );
         tasks.push(tokio::spawn(task));
     }
     drop(ready_tx);
@@ -207,21 +221,22 @@ async fn scenario(shared: Arc<Shared>, hold: Option<Duration>) -> Result<Value> 
     let (mut slow_disconnected, mut slow_deliveries) = (0usize, 0u64);
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     let mut errors: Vec<String> = Vec::new();
+    // Subscribers that never subscribed end with the stop; the others are with the readers.
     let join_deadline = Instant::now() + Duration::from_secs(5);
+    let mut locals = Vec::new();
     for task in tasks {
         let abort = task.abort_handle();
-        let local: Local = match tokio::time::timeout_at(join_deadline.into(), task).await {
-            Ok(Ok(local)) => local,
-            Ok(Err(_)) => {
-                unjoined += 1;
-                continue;
-            }
+        match tokio::time::timeout_at(join_deadline.into(), task).await {
+            Ok(Ok(failed)) => locals.extend(failed),
+            Ok(Err(_)) => unjoined += 1,
             Err(_) => {
                 abort.abort();
                 unjoined += 1;
-                continue;
             }
-        };
+        }
+    }
+    locals.extend(tokio::task::spawn_blocking(move || readers.finish()).await.context("reader threads")?);
+    for local in locals {
         if local.slow {
             slow_disconnected += usize::from(local.slow_disconnected);
             slow_deliveries += local.unique;

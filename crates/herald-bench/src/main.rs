@@ -24,11 +24,13 @@ mod nats;
 mod net;
 mod procfs;
 mod publish;
+mod readers;
 mod sdk;
 mod servers;
 mod slow;
 mod subscribe;
 mod table;
+mod wire;
 mod ws_crates;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

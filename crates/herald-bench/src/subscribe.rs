@@ -1,22 +1,20 @@
 //! One subscriber: connects, subscribes, announces readiness, then counts publications (unique,
 //! duplicate, out of order) and records publish-to-receive latency until told to stop.
 
-use crate::fanout::{now_ns, ws_config, Shared};
+use crate::fanout::{ns_since_start, Shared};
 use crate::nats;
-use crate::net::{self, SocketOptions};
+use crate::net::SocketOptions;
+use crate::readers::{Readers, Subscribed};
+use crate::wire::{self, Message};
 use crate::Target;
 use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
 use serde_json::{json, Value};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Highest latency the histograms track (microseconds); larger values count as this.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -88,16 +86,17 @@ impl Local {
         }
     }
 
-    /// A WebSocket message arrived: its deliveries arrived together, so the clock is read once
+    /// Bytes arrived: the deliveries of one read arrived together, so the clock is read once
     /// for all of them (twice per delivery was a noticeable share of the load generator's CPU
     /// with a server that packs many deliveries per frame).
-    fn arrived(&mut self) {
-        self.arrival = (now_ns(), Instant::now());
+    pub fn arrived(&mut self) {
+        let now = Instant::now();
+        self.arrival = (ns_since_start(now), now);
     }
 
     /// Adds the deliveries of the last message to the run's shared progress: one atomic add per
     /// message, not one per delivery on a counter every subscriber shares.
-    fn report_progress(&mut self, shared: &Shared) {
+    pub fn report_progress(&mut self, shared: &Shared) {
         if self.uncounted > 0 {
             shared.progress.fetch_add(self.uncounted, Ordering::Relaxed);
             self.uncounted = 0;
@@ -105,7 +104,7 @@ impl Local {
     }
 
     /// Records one delivered payload, given the text the sequence number and timestamp are in.
-    fn record(&mut self, text: &str, patterns: &Patterns) {
+    fn record(&mut self, text: &[u8], patterns: &Patterns) {
         let (received_ns, now) = self.arrival;
         let (Some(seq), Some(sent_ns)) = (number_after(text, &patterns.seq), number_after(text, &patterns.ts)) else {
             self.unexpected += 1;
@@ -158,10 +157,10 @@ static PUBLICATION: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"
 
 /// The unsigned number right after the first occurrence of `pattern` in `text` (no JSON parse:
 /// cheap and the same cost for every target).
-pub fn number_after(text: &str, pattern: &Finder<'_>) -> Option<u64> {
-    let at = pattern.find(text.as_bytes())? + pattern.needle().len();
-    let digits = text.as_bytes()[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    text[at..at + digits].parse().ok()
+pub fn number_after(text: &[u8], pattern: &Finder<'_>) -> Option<u64> {
+    let at = pattern.find(text)? + pattern.needle().len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
 }
 
 pub fn url(target: Target, addr: &str, channel: &str) -> String {
@@ -172,58 +171,151 @@ pub fn url(target: Target, addr: &str, channel: &str) -> String {
     }
 }
 
-/// Runs one subscriber until `stop` or `deadline`; `ready` gets `true` once its subscription is
-/// confirmed, or `false` if it failed before that.
+/// What a subscriber does with each message from its server, the same while it sets up and
+/// once a reader thread reads it: records deliveries, answers pings, notices the subscription's
+/// confirmation and refusals.
+pub struct Protocol {
+    target: Target,
+    nats: nats::Reader,
+    /// The server confirmed the subscription.
+    pub subscribed: bool,
+}
+
+impl Protocol {
+    pub fn new(target: Target) -> Self {
+        Self { target, nats: nats::Reader::default(), subscribed: false }
+    }
+
+    /// Handles one message; frames to send back go to `replies`.
+    pub fn on_message(&mut self, message: Message<'_>, local: &mut Local, replies: &mut Vec<Vec<u8>>) -> Result<()> {
+        let data = match message {
+            Message::Text(data) | Message::Binary(data) => data,
+            Message::Ping(payload) => {
+                replies.push(wire::pong_frame(payload));
+                return Ok(());
+            }
+            Message::Pong => return Ok(()),
+            Message::Close(code) => bail!("closed by the server with code {code}"),
+        };
+        let binary = matches!(message, Message::Binary(_));
+        match self.target {
+            Target::Herald => {
+                anyhow::ensure!(!binary, "binary frame from a JSON server");
+                for line in data.split(|&b| b == b'\n') {
+                    if line.starts_with(b"{\"push\"") {
+                        if PUBLICATION.find(line).is_some() {
+                            local.record(line, &PLAIN);
+                        }
+                    } else if line == b"{}" {
+                        replies.push(wire::text_frame("{}"));
+                    } else if !line.is_empty() {
+                        let reply: Value = serde_json::from_slice(line)
+                            .with_context(|| format!("bad frame {}", String::from_utf8_lossy(line)))?;
+                        if let Some(error) = reply.get("error") {
+                            bail!("command {} refused: {error}", reply["id"]);
+                        }
+                        if reply["id"] == 2 {
+                            self.subscribed = true;
+                        }
+                    }
+                }
+            }
+            Target::Socketio => {
+                anyhow::ensure!(!binary, "binary frame from engine.io");
+                if data.starts_with(b"42") {
+                    local.record(data, &ESCAPED);
+                } else if data == b"2" {
+                    replies.push(wire::text_frame("3"));
+                } else if data.starts_with(b"40") {
+                    self.subscribed = true;
+                } else if data.starts_with(b"0") {
+                    replies.push(wire::text_frame("40"));
+                } else if data.starts_with(b"41") || data.starts_with(b"44") || data == b"1" {
+                    bail!("disconnected by the server: {}", String::from_utf8_lossy(data));
+                }
+            }
+            Target::Nats => {
+                let (mut pings, mut pong, mut error) = (0, false, None);
+                self.nats.feed(data, |event| match event {
+                    nats::Event::Msg(payload) => local.record(payload, &PLAIN),
+                    nats::Event::Ping => pings += 1,
+                    nats::Event::Pong => pong = true,
+                    nats::Event::Err(message) => error = Some(message.to_owned()),
+                })?;
+                if let Some(error) = error {
+                    bail!("NATS error: {error}");
+                }
+                replies.extend((0..pings).map(|_| wire::text_frame("PONG\r\n")));
+                // PONG comes back after the server processed SUB: the subscription's confirmation.
+                self.subscribed |= pong;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one subscriber until it is subscribed and hands its connection to the reader threads;
+/// `ready` gets `true` then, or `false` if it failed before. Returns its counts when it failed
+/// (the reader threads return the others').
 pub async fn run(
     index: usize,
     shared: Arc<Shared>,
+    readers: Arc<Readers>,
     connect_slots: Arc<Semaphore>,
     ready: mpsc::Sender<bool>,
     stop: watch::Receiver<bool>,
     deadline: Instant,
-) -> Local {
+) -> Option<Local> {
     let mut local = Local::new(shared.args.messages);
     local.slow = shared.is_slow(index);
-    let mut announced = false;
-    if let Err(error) =
-        session(index, &shared, &connect_slots, &ready, stop, deadline, &mut local, &mut announced).await
-    {
-        local.error = Some(format!("{error:#}"));
-        if !announced {
+    let setup = tokio::select! {
+        biased;
+        () = run_ended(stop, deadline) => Err(anyhow::anyhow!("the run ended before the subscription was confirmed")),
+        setup = subscribe(index, &shared, &connect_slots, &mut local) => setup,
+    };
+    let handed = setup.and_then(|(connection, protocol)| {
+        let stream = connection.stream.into_std().context("taking the socket from tokio")?;
+        local.ready_after = Some(shared.started.elapsed());
+        let subscribed = Subscribed {
+            stream,
+            frames: connection.frames,
+            protocol,
+            local: std::mem::replace(&mut local, Local::new(0)),
+        };
+        readers.hand_over(index, subscribed)
+    });
+    match handed {
+        Ok(()) => {
+            let _ = ready.send(true).await;
+            None
+        }
+        Err(error) => {
+            local.error = Some(format!("{error:#}"));
             let _ = ready.send(false).await;
+            Some(local)
         }
     }
-    local
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
+/// Connects, subscribes and reads until the subscription is confirmed (bounded by `deadline`
+/// through the caller).
+async fn subscribe(
     index: usize,
     shared: &Shared,
     connect_slots: &Semaphore,
-    ready: &mpsc::Sender<bool>,
-    stop: watch::Receiver<bool>,
-    deadline: Instant,
     local: &mut Local,
-    announced: &mut bool,
-) -> Result<()> {
+) -> Result<(wire::Connection, Protocol)> {
     let args = &shared.args;
-    let mut permit = Some(
-        tokio::time::timeout_at(deadline.into(), connect_slots.acquire())
-            .await
-            .context("timed out waiting for a connection slot")??,
-    );
+    let _permit = connect_slots.acquire().await.context("connection slots closed")?;
     let addr = match args.subscriber_addrs.as_slice() {
         [] => &shared.addr,
         addrs => &addrs[index % addrs.len()],
     };
-    let url = url(args.target, addr, &args.channel);
     let options = SocketOptions {
         source: shared.sources.pick(index),
         recv_buffer: local.slow.then_some(shared.slow_recv_buffer),
     };
-    let connect = net::ws_connect(&url, options, ws_config());
-    let mut socket = tokio::time::timeout_at(deadline.into(), connect).await.context("timed out connecting")??;
+    let mut connection = wire::Connection::open(&url(args.target, addr, &args.channel), options).await?;
     match args.target {
         Target::Herald => {
             let subscribe = if args.filters > 0 {
@@ -234,112 +326,26 @@ async fn session(
                 json!({"id": 2, "subscribe": {"channel": args.channel}})
             };
             let frame = format!("{}\n{subscribe}", json!({"id": 1, "connect": {"token": args.token}}));
-            socket.send(Message::Text(frame.into())).await?;
+            connection.send(&wire::text_frame(&frame)).await?;
         }
         // The server sends the engine.io open packet first; the room is joined from the URL.
         Target::Socketio => {}
-        // PONG comes back after the server processed SUB: that is the subscription's confirmation.
         Target::Nats => {
             let frame =
                 format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\nPING\r\n", args.channel);
-            socket.send(Message::Text(frame.into())).await?;
+            connection.send(&wire::text_frame(&frame)).await?;
         }
     }
-    let mut nats_reader = nats::Reader::default();
-    let mut announce = |local: &mut Local, announced: &mut bool| {
-        *announced = true;
-        local.ready_after = Some(shared.started.elapsed());
-        permit.take();
-        ready.try_send(true).is_ok()
-    };
-    // One future for the whole session: a timer and a watch waiter registered per delivery cost
-    // the load generator more than parsing the delivery did.
-    let ended = run_ended(stop, deadline);
-    tokio::pin!(ended);
-    loop {
-        // What the last message delivered counts before waiting for the next one.
-        local.report_progress(shared);
-        if *announced && local.slow {
-            return stall(socket, ended, local).await;
-        }
-        let message = tokio::select! {
-            biased;
-            _ = &mut ended => break,
-            message = socket.next() => message,
-        };
-        let Some(message) = message else { bail!("connection closed by the server") };
+    let mut protocol = Protocol::new(args.target);
+    let (mut buf, mut replies) = (Vec::with_capacity(4096), Vec::new());
+    while !protocol.subscribed {
         local.arrived();
-        let (text, bytes) = match message? {
-            Message::Text(text) => (Some(text), None),
-            Message::Binary(bytes) => (None, Some(bytes)),
-            Message::Close(frame) => bail!("closed by the server: {frame:?}"),
-            _ => continue,
-        };
-        match args.target {
-            Target::Herald => {
-                let text = text.context("binary frame from a JSON server")?;
-                for line in text.as_str().split('\n') {
-                    if line.starts_with("{\"push\"") {
-                        if PUBLICATION.find(line.as_bytes()).is_some() {
-                            local.record(line, &PLAIN);
-                        }
-                    } else if line == "{}" {
-                        socket.send(Message::Text("{}".into())).await?;
-                    } else if !line.is_empty() {
-                        let reply: Value = serde_json::from_str(line).with_context(|| format!("bad frame {line}"))?;
-                        if let Some(error) = reply.get("error") {
-                            bail!("command {} refused: {error}", reply["id"]);
-                        }
-                        if reply["id"] == 2 && !*announced {
-                            announce(local, announced);
-                        }
-                    }
-                }
-            }
-            Target::Socketio => {
-                let text = text.context("binary frame from engine.io")?;
-                let text = text.as_str();
-                if text.starts_with("42") {
-                    local.record(text, &ESCAPED);
-                } else if text == "2" {
-                    socket.send(Message::Text("3".into())).await?;
-                } else if text.starts_with('0') {
-                    socket.send(Message::Text("40".into())).await?;
-                } else if text.starts_with("40") {
-                    if !*announced {
-                        announce(local, announced);
-                    }
-                } else if text.starts_with("41") || text.starts_with("44") || text == "1" {
-                    bail!("disconnected by the server: {text}");
-                }
-            }
-            Target::Nats => {
-                let data: &[u8] = match (&text, &bytes) {
-                    (Some(text), _) => text.as_bytes(),
-                    (_, Some(bytes)) => bytes,
-                    _ => continue,
-                };
-                let (mut pings, mut pong, mut error) = (0, false, None);
-                nats_reader.feed(data, |event| match event {
-                    nats::Event::Msg(payload) => local.record(&String::from_utf8_lossy(payload), &PLAIN),
-                    nats::Event::Ping => pings += 1,
-                    nats::Event::Pong => pong = true,
-                    nats::Event::Err(message) => error = Some(message.to_owned()),
-                })?;
-                if let Some(error) = error {
-                    bail!("NATS error: {error}");
-                }
-                for _ in 0..pings {
-                    socket.send(Message::Text("PONG\r\n".into())).await?;
-                }
-                if pong && !*announced {
-                    announce(local, announced);
-                }
-            }
+        connection.read(&mut buf, |message| protocol.on_message(message, local, &mut replies)).await?;
+        for reply in replies.drain(..) {
+            connection.send(&reply).await?;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;
-    Ok(())
+    Ok((connection, protocol))
 }
 
 /// Resolves when the run is told to stop or its deadline passes.
@@ -350,29 +356,6 @@ async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
     }
 }
 
-/// A subscriber that stopped reading: holds its connection unread until the run ends, then reads
-/// what is left (bounded) to learn whether the server closed it meanwhile.
-async fn stall(
-    mut socket: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    ended: Pin<&mut impl Future<Output = ()>>,
-    local: &mut Local,
-) -> Result<()> {
-    ended.await;
-    let drain_until = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        match tokio::time::timeout_at(drain_until, socket.next()).await {
-            Err(_) => break,
-            Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => {
-                local.slow_disconnected = true;
-                break;
-            }
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_millis(500), socket.close(None)).await;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::{number_after, ESCAPED, PLAIN};
@@ -380,12 +363,12 @@ mod tests {
     #[test]
     fn finds_numbers_in_any_wrapping() {
         let herald = r#"{"push":{"channel":"b","pub":{"data":{"seq":7,"ts":12345,"pad":"x"},"offset":7}}}"#;
-        assert_eq!(number_after(herald, &PLAIN.ts), Some(12345));
-        assert_eq!(number_after(herald, &PLAIN.seq), Some(7));
+        assert_eq!(number_after(herald.as_bytes(), &PLAIN.ts), Some(12345));
+        assert_eq!(number_after(herald.as_bytes(), &PLAIN.seq), Some(7));
         let socketio = r#"42["msg","{\"seq\":3,\"ts\":77,\"pad\":\"\"}"]"#;
-        assert_eq!(number_after(socketio, &ESCAPED.seq), Some(3));
-        assert_eq!(number_after(socketio, &ESCAPED.ts), Some(77));
-        assert_eq!(number_after("no timestamp", &PLAIN.ts), None);
-        assert_eq!(number_after(r#"{"ts":}"#, &PLAIN.ts), None);
+        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.seq), Some(3));
+        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.ts), Some(77));
+        assert_eq!(number_after(b"no timestamp", &PLAIN.ts), None);
+        assert_eq!(number_after(br#"{"ts":}"#, &PLAIN.ts), None);
     }
 }
