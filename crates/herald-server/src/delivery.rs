@@ -12,10 +12,18 @@
 //!   order and a new window opens, until one passes with nothing held.
 //! - Batching (`batch_max_size`, `batch_max_delay`) holds publications until that many wait or
 //!   the first waited that long, then sends them to each subscriber as one frame.
+//!
+//! Publications of the other channels fan out through a lane per channel: the engine queues
+//! each in stream order under its own lock and then flushes the channel. A publication queued
+//! while another publisher is fanning the channel out is taken by that publisher and sent with
+//! whatever else queued meanwhile, one frame per subscriber: under load a subscriber costs one
+//! queue entry, one wake and one write for many publications, and nobody waits for the channel
+//! longer than before. Alone on its channel, a publication goes out at once, by itself.
 
 use crate::acks::AckTracker;
 use crate::engine::BrokerEventHandler;
 use crate::hub::Hub;
+use crate::shard::{shard_of, SHARDS};
 use crate::stats::{Outcome, Stats};
 use herald_config::{Config, NamespaceOptions};
 use herald_core::channel::ChannelName;
@@ -33,8 +41,24 @@ pub(crate) struct HubDelivery {
     /// Where window timers run; without a runtime (a node built outside tokio) nothing is held.
     runtime: Option<tokio::runtime::Handle>,
     windows: Mutex<HashMap<String, Arc<Mutex<ChannelWindow>>>>,
+    /// Channels with publications queued or being fanned out, sharded by channel name.
+    lanes: Vec<Mutex<HashMap<String, Lane>>>,
     this: Weak<HubDelivery>,
 }
+
+/// A channel's publications waiting to fan out, and whether a caller is fanning them out.
+#[derive(Default)]
+struct Lane {
+    queued: Vec<Arc<Publication>>,
+    flushing: bool,
+}
+
+/// Most publications that queued up behind a fan-out and go to a subscriber as one frame.
+const MAX_COMBINED: usize = 64;
+
+/// Rounds one caller fans out for others before a task takes over, so that a publish call does
+/// not wait on a busy channel without end.
+const ROUNDS_BEFORE_HANDOFF: usize = 8;
 
 /// What a channel's windows hold.
 #[derive(Default)]
@@ -63,6 +87,7 @@ impl HubDelivery {
             config,
             runtime,
             windows: Mutex::new(HashMap::new()),
+            lanes: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             this: this.clone(),
         })
     }
@@ -92,6 +117,86 @@ impl HubDelivery {
             self.after(options.conflate_window, channel, Timer::Conflation);
         }
         self.forward(channel, &mut state, options, vec![publication]);
+    }
+
+    /// Queues a publication in its channel's lane; channels whose namespace holds publications
+    /// back (conflation, batching) take it at once instead.
+    pub fn queue_publication(&self, channel: &str, publication: Arc<Publication>) {
+        let holds_back = self.options(channel).is_some_and(|options| {
+            let conflating = !options.conflate_key.is_empty() && !options.conflate_window.is_zero();
+            conflating || (options.batch_max_size > 0 && !options.batch_max_delay.is_zero())
+        });
+        if holds_back {
+            return self.handle_publication(channel, publication);
+        }
+        let mut lanes = self.lanes[shard_of(channel)].lock();
+        match lanes.get_mut(channel) {
+            Some(lane) => lane.queued.push(publication),
+            None => {
+                lanes.insert(channel.to_owned(), Lane { queued: vec![publication], flushing: false });
+            }
+        }
+    }
+
+    /// Fans out what is queued for `channel`, round after round, unless another caller is at it.
+    pub fn flush_publications(&self, channel: &str) {
+        self.flush_lane(channel, false);
+    }
+
+    /// `flushing`: this caller already owns the lane (a task that took over).
+    fn flush_lane(&self, channel: &str, mut flushing: bool) {
+        loop {
+            for _ in 0..ROUNDS_BEFORE_HANDOFF {
+                let queued = {
+                    let mut lanes = self.lanes[shard_of(channel)].lock();
+                    let Some(lane) = lanes.get_mut(channel) else { return };
+                    if lane.flushing && !flushing {
+                        return;
+                    }
+                    if lane.queued.is_empty() {
+                        lanes.remove(channel);
+                        return;
+                    }
+                    lane.flushing = true;
+                    flushing = true;
+                    std::mem::take(&mut lane.queued)
+                };
+                self.deliver_combined(channel, &queued);
+            }
+            if let Some(runtime) = &self.runtime {
+                let this = self.this.clone();
+                let channel = channel.to_owned();
+                runtime.spawn(async move {
+                    if let Some(delivery) = this.upgrade() {
+                        delivery.flush_lane(&channel, true);
+                    }
+                });
+                return;
+            }
+        }
+    }
+
+    /// Fans out publications that queued up together: consecutive ones of the same priority
+    /// share a frame per subscriber, so that shedding still goes by priority. A publication with
+    /// an audience goes alone: its frame is the same for every admitted subscriber, where a
+    /// shared frame would have to be packed per subscriber.
+    fn deliver_combined(&self, channel: &str, queued: &[Arc<Publication>]) {
+        let mut start = 0;
+        while start < queued.len() {
+            let first = &queued[start];
+            let mut end = start + 1;
+            if first.audience().is_none() {
+                while end < queued.len()
+                    && end - start < MAX_COMBINED
+                    && queued[end].audience().is_none()
+                    && queued[end].priority() == first.priority()
+                {
+                    end += 1;
+                }
+            }
+            self.deliver(channel, &queued[start..end], None);
+            start = end;
+        }
     }
 
     /// Hands publications leaving the conflation stage to the batch stage, or to the hub.
@@ -201,6 +306,12 @@ impl BrokerEventHandler for HubDelivery {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         HubDelivery::handle_publication(self, channel, publication);
     }
+    fn queue_publication(&self, channel: &str, publication: Arc<Publication>) {
+        HubDelivery::queue_publication(self, channel, publication);
+    }
+    fn flush_publications(&self, channel: &str) {
+        HubDelivery::flush_publications(self, channel);
+    }
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
         self.hub.broadcast_join_leave(channel, "join", info);
     }
@@ -236,4 +347,86 @@ fn hold_latest(held: &mut Vec<Arc<Publication>>, publication: Arc<Publication>, 
         }
     }
     held.push(publication);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Subscription;
+    use crate::outbound::ClientHandle;
+    use crate::view::{View, Viewer};
+    use herald_core::protocol::{Priority, PublicationMeta};
+    use serde_json::value::RawValue;
+
+    fn publication(offset: u64, priority: Priority) -> Arc<Publication> {
+        Arc::new(Publication {
+            data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
+            info: None,
+            offset,
+            tags: Default::default(),
+            time: 0,
+            meta: Some(Arc::new(PublicationMeta { priority, ..Default::default() })),
+        })
+    }
+
+    fn delivery_with_subscriber() -> (Arc<HubDelivery>, Arc<ClientHandle>) {
+        let hub = Arc::new(Hub::new());
+        let client = Arc::new(ClientHandle::new("c", 1 << 20));
+        let subscription = Subscription::new(client.clone(), false, View::everything(), Viewer::default());
+        hub.add_subscription("ch", subscription.clone());
+        subscription.go_live(|_| Vec::new());
+        let delivery = HubDelivery::new(hub, Arc::default(), Arc::default(), herald_config::embedded_defaults());
+        (delivery, client)
+    }
+
+    /// The offsets in each frame the client would be sent.
+    fn frames(client: &ClientHandle) -> Vec<Vec<u64>> {
+        let batch = client.try_batch().map(|b| b.frames).unwrap_or_default();
+        batch
+            .iter()
+            .map(|frame| {
+                frame
+                    .as_str()
+                    .lines()
+                    .map(|line| {
+                        serde_json::from_str::<serde_json::Value>(line).unwrap()["push"]["pub"]["offset"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_publication_alone_goes_out_by_itself_at_once() {
+        let (delivery, client) = delivery_with_subscriber();
+        delivery.queue_publication("ch", publication(1, Priority::Normal));
+        delivery.flush_publications("ch");
+        assert_eq!(frames(&client), vec![vec![1]]);
+        assert!(delivery.lanes.iter().all(|shard| shard.lock().is_empty()), "an idle channel keeps no lane");
+    }
+
+    #[test]
+    fn publications_queued_behind_a_fan_out_share_a_frame_per_priority() {
+        let (delivery, client) = delivery_with_subscriber();
+        let priorities = [Priority::Normal, Priority::Normal, Priority::Low, Priority::Low, Priority::Normal];
+        for (i, priority) in priorities.into_iter().enumerate() {
+            delivery.queue_publication("ch", publication(i as u64 + 1, priority));
+        }
+        delivery.flush_publications("ch");
+        assert_eq!(frames(&client), vec![vec![1, 2], vec![3, 4], vec![5]]);
+    }
+
+    #[test]
+    fn a_caller_that_finds_the_lane_busy_leaves_its_publication_to_the_flusher() {
+        let (delivery, client) = delivery_with_subscriber();
+        delivery.queue_publication("ch", publication(1, Priority::Normal));
+        delivery.lanes[shard_of("ch")].lock().get_mut("ch").unwrap().flushing = true;
+        delivery.flush_publications("ch");
+        assert!(frames(&client).is_empty(), "another caller is flushing the channel");
+        delivery.queue_publication("ch", publication(2, Priority::Normal));
+        delivery.flush_lane("ch", true);
+        assert_eq!(frames(&client), vec![vec![1, 2]]);
+    }
 }

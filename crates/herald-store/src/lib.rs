@@ -426,6 +426,10 @@ fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBro
     if let Err(reason) = &outcome {
         tracing::error!(%reason, publishes = batch.len(), "store commit failed; the publishes are refused");
     }
+    // A commit's publications of one channel are queued in order and delivered together, and
+    // each publisher is answered once its publication went out.
+    let mut published = Vec::new();
+    let mut channels = std::collections::HashSet::new();
     for item in batch {
         match item {
             WriteItem::Publish(pending) => {
@@ -440,7 +444,10 @@ fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBro
                     }
                     Err(reason) => Err(EngineError::Internal(format!("store commit failed: {reason}"))),
                 };
-                let _ = done.send(answer);
+                if answer.is_ok() {
+                    channels.insert(channel);
+                }
+                published.push((done, answer));
             }
             WriteItem::Cursor { user, channel, position, done } => {
                 let answer = match &outcome {
@@ -463,6 +470,13 @@ fn finish(batch: Vec<WriteItem>, outcome: Result<(), String>, memory: &MemoryBro
                 let _ = done.send(answer);
             }
         }
+    }
+    for channel in &channels {
+        // Fails only without a registered handler, which deliver_reserved reported already.
+        let _ = memory.flush(channel);
+    }
+    for (done, answer) in published {
+        let _ = done.send(answer);
     }
 }
 

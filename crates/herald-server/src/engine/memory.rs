@@ -114,7 +114,8 @@ impl MemoryBroker {
         while stream.retained.len() > options.history_size {
             stream.retained.pop_front();
         }
-        handler.handle_publication(channel, publication);
+        // Delivered by `flush_publications` once the stream lock is released.
+        handler.queue_publication(channel, publication);
     }
 
     /// For durable engines: reserves the next offset of `channel` and runs `then` with it while
@@ -127,8 +128,8 @@ impl MemoryBroker {
         then(&position)
     }
 
-    /// Makes a reserved publication visible to history and delivers it; must be called in
-    /// reservation order per channel.
+    /// Makes a reserved publication visible to history and queues it for delivery; must be
+    /// called in reservation order per channel, and followed by [`MemoryBroker::flush`].
     pub fn deliver_reserved(
         &self,
         channel: &str,
@@ -139,6 +140,12 @@ impl MemoryBroker {
         let stream = self.stream(channel);
         let mut stream = stream.lock();
         Self::make_visible(&mut stream, handler, channel, Arc::new(publication), options, Instant::now());
+        Ok(())
+    }
+
+    /// Delivers what [`MemoryBroker::deliver_reserved`] queued for `channel`.
+    pub fn flush(&self, channel: &str) -> Result<(), EngineError> {
+        self.handler()?.flush_publications(channel);
         Ok(())
     }
 
@@ -229,6 +236,8 @@ impl Broker for MemoryBroker {
             let position = Self::assign(&mut stream, options, now);
             publication.offset = position.offset;
             Self::make_visible(&mut stream, handler, channel, Arc::new(publication), options, now);
+            drop(stream);
+            handler.flush_publications(channel);
             position
         };
         if let Some(key) = &options.idempotency_key {

@@ -75,6 +75,17 @@ pub struct HistoryPage {
 /// Receives what a broker delivers to this node. Called in stream order per channel.
 pub trait BrokerEventHandler: Send + Sync + 'static {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>);
+    /// Takes a publication in stream order without delivering it yet: an engine calls this
+    /// under its per-channel order lock, then [`BrokerEventHandler::flush_publications`] once
+    /// the lock is released. Publications queued while another caller is flushing the channel
+    /// go out together with that caller's, so publishers under load no longer wait for each
+    /// other's fan-out. By default it delivers at once.
+    fn queue_publication(&self, channel: &str, publication: Arc<Publication>) {
+        self.handle_publication(channel, publication);
+    }
+    /// Delivers what was queued for `channel` (nothing, if another caller is delivering it and
+    /// will take it).
+    fn flush_publications(&self, _channel: &str) {}
     fn handle_join(&self, channel: &str, info: &ClientInfo);
     fn handle_leave(&self, channel: &str, info: &ClientInfo);
     /// The broker lost publications of `channel` it cannot fill from history (trimmed, or the
