@@ -106,7 +106,12 @@ impl Local {
     /// Records one delivered payload, given the text the sequence number and timestamp are in.
     fn record(&mut self, text: &[u8], patterns: &Patterns) {
         let (received_ns, now) = self.arrival;
-        let (Some(seq), Some(sent_ns)) = (number_after(text, &patterns.seq), number_after(text, &patterns.ts)) else {
+        // The publisher writes the timestamp right after the sequence number: search on from there.
+        let Some((seq, after)) = number_after(text, &patterns.seq) else {
+            self.unexpected += 1;
+            return;
+        };
+        let Some((sent_ns, _)) = number_after(&text[after..], &patterns.ts) else {
             self.unexpected += 1;
             return;
         };
@@ -155,13 +160,23 @@ pub static ESCAPED: LazyLock<Patterns> = LazyLock::new(|| Patterns::new("\\\"seq
 /// Marks a Herald push that carries a publication.
 static PUBLICATION: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"pub\""));
 
-/// The unsigned number right after the first occurrence of `pattern` in `text` (no JSON parse:
-/// cheap and the same cost for every target).
-pub fn number_after(text: &[u8], pattern: &Finder<'_>) -> Option<u64> {
-    let at = pattern.find(text)? + pattern.needle().len();
-    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
+/// The unsigned number right after the first occurrence of `pattern` in `text`, and where it
+/// ends (no JSON parse: cheap and the same cost for every target).
+pub fn number_after(text: &[u8], pattern: &Finder<'_>) -> Option<(u64, usize)> {
+    let start = pattern.find(text)? + pattern.needle().len();
+    let digits = text[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let value = text[start..start + digits]
+        .iter()
+        .try_fold(0u64, |value, digit| value.checked_mul(10)?.checked_add(u64::from(digit - b'0')))?;
+    Some((value, start + digits))
 }
+
+/// Where a Herald push says what it carries: `{"push":{"channel":"...","pub":...` names it
+/// right after the channel, so only the start of the line is searched.
+const PUSH_KIND_WITHIN: usize = 512;
 
 pub fn url(target: Target, addr: &str, channel: &str) -> String {
     match target {
@@ -201,9 +216,9 @@ impl Protocol {
         match self.target {
             Target::Herald => {
                 anyhow::ensure!(!binary, "binary frame from a JSON server");
-                for line in data.split(|&b| b == b'\n') {
+                for line in lines(data) {
                     if line.starts_with(b"{\"push\"") {
-                        if PUBLICATION.find(line).is_some() {
+                        if PUBLICATION.find(&line[..line.len().min(PUSH_KIND_WITHIN)]).is_some() {
                             local.record(line, &PLAIN);
                         }
                     } else if line == b"{}" {
@@ -252,6 +267,17 @@ impl Protocol {
         }
         Ok(())
     }
+}
+
+/// The newline-separated replies of a frame, found with `memchr`.
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len()));
+    ends.map(move |end| {
+        let line = &data[start..end];
+        start = end + 1;
+        line
+    })
 }
 
 /// Runs one subscriber until it is subscribed and hands its connection to the reader threads;
@@ -358,17 +384,25 @@ async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::{number_after, ESCAPED, PLAIN};
+    use super::{lines, number_after, ESCAPED, PLAIN};
 
     #[test]
     fn finds_numbers_in_any_wrapping() {
         let herald = r#"{"push":{"channel":"b","pub":{"data":{"seq":7,"ts":12345,"pad":"x"},"offset":7}}}"#;
-        assert_eq!(number_after(herald.as_bytes(), &PLAIN.ts), Some(12345));
-        assert_eq!(number_after(herald.as_bytes(), &PLAIN.seq), Some(7));
+        assert_eq!(number_after(herald.as_bytes(), &PLAIN.ts).map(|(n, _)| n), Some(12345));
+        assert_eq!(number_after(herald.as_bytes(), &PLAIN.seq).map(|(n, _)| n), Some(7));
         let socketio = r#"42["msg","{\"seq\":3,\"ts\":77,\"pad\":\"\"}"]"#;
-        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.seq), Some(3));
-        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.ts), Some(77));
+        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.seq), Some((3, 20)));
+        assert_eq!(number_after(socketio.as_bytes(), &ESCAPED.ts).map(|(n, _)| n), Some(77));
         assert_eq!(number_after(b"no timestamp", &PLAIN.ts), None);
         assert_eq!(number_after(br#"{"ts":}"#, &PLAIN.ts), None);
+        assert_eq!(number_after(br#"{"ts":99999999999999999999}"#, &PLAIN.ts), None, "overflow");
+    }
+
+    #[test]
+    fn splits_frames_into_lines() {
+        let split = |data: &'static [u8]| lines(data).collect::<Vec<_>>();
+        assert_eq!(split(b"a\nbc\n"), [&b"a"[..], b"bc", b""]);
+        assert_eq!(split(b"{}"), [&b"{}"[..]]);
     }
 }
