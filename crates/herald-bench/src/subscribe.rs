@@ -364,14 +364,20 @@ async fn subscribe(
     }
     let mut protocol = Protocol::new(args.target);
     let (mut buf, mut replies) = (Vec::with_capacity(4096), Vec::new());
-    while !protocol.subscribed {
-        local.arrived();
-        connection.read(&mut buf, |message| protocol.on_message(message, local, &mut replies)).await?;
+    // Messages that came with the handshake response (Socket.IO's open packet, which waits
+    // for an answer) are handled before anything else is read.
+    local.arrived();
+    connection.frames.feed(&[], |message| protocol.on_message(message, local, &mut replies))?;
+    loop {
         for reply in replies.drain(..) {
             connection.send(&reply).await?;
         }
+        if protocol.subscribed {
+            return Ok((connection, protocol));
+        }
+        local.arrived();
+        connection.read(&mut buf, |message| protocol.on_message(message, local, &mut replies)).await?;
     }
-    Ok((connection, protocol))
 }
 
 /// Resolves when the run is told to stop or its deadline passes.

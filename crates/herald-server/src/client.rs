@@ -61,6 +61,7 @@ impl PreparedSubscription {
             return (result, buffered.iter().filter_map(visible).collect());
         };
         let top = page.position.offset;
+        subscription.set_floor(top);
         let newer: Vec<Arc<Publication>> = buffered.iter().filter(|p| p.offset > top).filter_map(visible).collect();
         result.epoch = page.position.epoch.clone();
         result.recoverable = self.recoverable;

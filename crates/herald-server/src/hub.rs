@@ -13,7 +13,7 @@ use herald_core::protocol::{reply, ClientInfo, Publication};
 use parking_lot::{Mutex, RwLock};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::shard::{shard_of, SHARDS};
@@ -26,6 +26,10 @@ pub struct Subscription {
     pub view: Arc<View>,
     pub viewer: Viewer,
     live: AtomicBool,
+    /// The stream top the subscribe reply accounted for (0: none). A publication at or below
+    /// it can still reach the hub after the subscription went live (it was visible in history
+    /// while it waited in its channel's lane) and must not be delivered twice.
+    floor: AtomicU64,
     /// Publications that arrived before the subscribe reply was queued; `None` once live.
     pending: Mutex<Option<Vec<Arc<Publication>>>>,
 }
@@ -38,6 +42,7 @@ impl Subscription {
             view,
             viewer,
             live: AtomicBool::new(false),
+            floor: AtomicU64::new(0),
             pending: Mutex::new(Some(Vec::new())),
         })
     }
@@ -45,10 +50,10 @@ impl Subscription {
     /// Queues `frame` (holding `publications`), or buffers the publications while the
     /// subscription is pending. False when the frame was not queued (shed, or the client is
     /// being disconnected as slow).
-    fn deliver(&self, publications: &[&Arc<Publication>], frame: &Utf8Bytes, meta: &Arc<PublicationFrame>) -> bool {
+    fn deliver(&self, publications: &[&Arc<Publication>], frame: &Arc<PublicationFrame>) -> bool {
         // Fast path once live: no lock per delivery.
         if self.live.load(Ordering::Acquire) {
-            return self.client.send_publication(frame.clone(), meta.clone()) == Queued::Yes;
+            return self.client.send_publication(frame.clone()) == Queued::Yes;
         }
         let mut pending = self.pending.lock();
         match pending.as_mut() {
@@ -58,7 +63,7 @@ impl Subscription {
             }
             None => {
                 drop(pending);
-                self.client.send_publication(frame.clone(), meta.clone()) == Queued::Yes
+                self.client.send_publication(frame.clone()) == Queued::Yes
             }
         }
     }
@@ -72,6 +77,17 @@ impl Subscription {
 
     pub fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
+    }
+
+    /// Publications up to `offset` reached the client with its subscribe reply (recovered, or
+    /// before its position); set before the subscription goes live.
+    pub fn set_floor(&self, offset: u64) {
+        self.floor.store(offset, Ordering::Relaxed);
+    }
+
+    /// True when the client already has this publication through its subscribe reply.
+    fn covers(&self, publication: &Publication) -> bool {
+        publication.offset != 0 && publication.offset <= self.floor.load(Ordering::Relaxed)
     }
 }
 
@@ -112,30 +128,30 @@ pub struct Broadcast {
 #[derive(Default)]
 struct Forms {
     data: OnceCell<Option<serde_json::Value>>,
-    full: OnceCell<Utf8Bytes>,
-    patch: OnceCell<Utf8Bytes>,
+    full: OnceCell<Arc<PublicationFrame>>,
+    patch: OnceCell<Arc<PublicationFrame>>,
 }
 
 /// Several publications of a batch packed into one frame for a subscriber.
 struct Batched<'a> {
     indices: Vec<usize>,
     publications: Vec<&'a Arc<Publication>>,
-    frame: Utf8Bytes,
-    meta: Arc<PublicationFrame>,
+    frame: Arc<PublicationFrame>,
 }
 
 impl<'a> Batched<'a> {
-    fn new(channel: &Arc<str>, all: &'a [Arc<Publication>], included: &[(usize, &Utf8Bytes)]) -> Self {
+    fn new(channel: &Arc<str>, all: &'a [Arc<Publication>], included: &[(usize, &Arc<PublicationFrame>)]) -> Self {
         let indices: Vec<usize> = included.iter().map(|(i, _)| *i).collect();
         let publications: Vec<&Arc<Publication>> = indices.iter().map(|&i| &all[i]).collect();
-        let frame = pack_frames(included.iter().map(|(_, f)| *f));
-        let meta = frame_meta(channel, &publications, None);
-        Self { indices, publications, frame, meta }
+        let bytes = pack_frames(included.iter().map(|(_, f)| &f.bytes));
+        let frame = publication_frame(bytes, channel, &publications, None);
+        Self { indices, publications, frame }
     }
 }
 
-/// What the outbound queue needs to know of a frame holding `publications`.
-fn frame_meta(
+/// A frame holding `publications`, with what the outbound queue needs to know of it.
+fn publication_frame(
+    bytes: Utf8Bytes,
     channel: &Arc<str>,
     publications: &[&Arc<Publication>],
     conflate_key: Option<&str>,
@@ -145,6 +161,7 @@ fn frame_meta(
         _ => None,
     };
     Arc::new(PublicationFrame {
+        bytes,
         channel: channel.clone(),
         offsets: publications.iter().map(|p| p.offset).collect(),
         priority: publications.iter().map(|p| p.priority()).max().unwrap_or_default(),
@@ -334,8 +351,9 @@ impl Hub {
         }
         let channel_name: Arc<str> = Arc::from(channel);
         let forms: Vec<Forms> = publications.iter().map(|_| Forms::default()).collect();
-        let single_meta = OnceCell::new();
-        let mut passing: Vec<(usize, &Utf8Bytes)> = Vec::with_capacity(publications.len());
+        // A frame of one publication carries the conflation key only when it goes out alone.
+        let key_if_alone = if publications.len() == 1 { conflate_key } else { None };
+        let mut passing: Vec<(usize, &Arc<PublicationFrame>)> = Vec::with_capacity(publications.len());
         for group in subscribers.groups.values() {
             passing.clear();
             for (index, publication) in publications.iter().enumerate() {
@@ -345,10 +363,15 @@ impl Hub {
                 }
                 let frame = if group.view.uses_patch_form(publication) {
                     form.patch.get_or_init(|| {
-                        Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()))
+                        let bytes =
+                            Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()));
+                        publication_frame(bytes, &channel_name, &[publication], key_if_alone)
                     })
                 } else {
-                    form.full.get_or_init(|| Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref())))
+                    form.full.get_or_init(|| {
+                        let bytes = Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref()));
+                        publication_frame(bytes, &channel_name, &[publication], key_if_alone)
+                    })
                 };
                 passing.push((index, frame));
             }
@@ -356,11 +379,6 @@ impl Hub {
                 [] => {}
                 [(index, frame)] => {
                     let publication = &publications[*index];
-                    let meta = if publications.len() == 1 {
-                        single_meta.get_or_init(|| frame_meta(&channel_name, &[publication], conflate_key)).clone()
-                    } else {
-                        frame_meta(&channel_name, &[publication], None)
-                    };
                     let audience = publication.audience();
                     let outcome = &mut outcomes[*index];
                     let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
@@ -370,7 +388,10 @@ impl Hub {
                                 continue;
                             }
                         }
-                        if !subscription.deliver(&[publication], frame, &meta) {
+                        if subscription.covers(publication) {
+                            continue;
+                        }
+                        if !subscription.deliver(&[publication], frame) {
                             outcome.dropped += 1;
                             continue;
                         }
@@ -385,11 +406,31 @@ impl Hub {
                     let restricted = several.iter().any(|(i, _)| publications[*i].audience().is_some());
                     let shared = (!restricted).then(|| Batched::new(&channel_name, publications, several));
                     for subscription in group.members.values() {
+                        if several.iter().any(|(i, _)| subscription.covers(&publications[*i])) {
+                            // Just subscribed: part of the batch came with the reply. The rest
+                            // goes one by one (rare, so not worth a frame of its own).
+                            for &(index, frame) in several {
+                                let publication = &publications[index];
+                                if subscription.covers(publication) || !subscription.viewer.admitted(publication) {
+                                    continue;
+                                }
+                                let outcome = &mut outcomes[index];
+                                if !subscription.deliver(&[publication], frame) {
+                                    outcome.dropped += 1;
+                                    continue;
+                                }
+                                outcome.delivered += 1;
+                                if publication.meta.as_ref().is_some_and(|m| m.ack.is_some()) {
+                                    outcome.recipients.push(subscription.clone());
+                                }
+                            }
+                            continue;
+                        }
                         let own;
                         let batched = match &shared {
                             Some(shared) => shared,
                             None => {
-                                let admitted: Vec<(usize, &Utf8Bytes)> = several
+                                let admitted: Vec<(usize, &Arc<PublicationFrame>)> = several
                                     .iter()
                                     .filter(|(i, _)| subscription.viewer.admitted(&publications[*i]))
                                     .copied()
@@ -401,7 +442,7 @@ impl Hub {
                                 &own
                             }
                         };
-                        let queued = subscription.deliver(&batched.publications, &batched.frame, &batched.meta);
+                        let queued = subscription.deliver(&batched.publications, &batched.frame);
                         for &index in &batched.indices {
                             let outcome = &mut outcomes[index];
                             if !queued {
@@ -480,6 +521,38 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], "reply");
         assert!(frames[1].contains(r#""offset":4"#), "{}", frames[1]);
+    }
+
+    #[test]
+    fn what_the_subscribe_reply_covered_is_not_delivered_again() {
+        let hub = Hub::new();
+        let handle = Arc::new(ClientHandle::new("c1", 1 << 20));
+        let subscription = Subscription::new(handle.clone(), false, View::everything(), Viewer::default());
+        hub.add_subscription("ch", subscription.clone());
+        // The reply accounted for the stream up to offset 3; offsets 2..=5 were still on their
+        // way to the hub (queued in the channel's lane) when the subscription went live.
+        subscription.set_floor(3);
+        subscription.go_live(|_| Vec::new());
+        hub.broadcast_publication("ch", &publication(2));
+        hub.broadcast("ch", &[publication(3), publication(4), publication(5)], None);
+        let offsets: Vec<Vec<u64>> = handle
+            .try_batch()
+            .map(|b| b.frames)
+            .unwrap_or_default()
+            .iter()
+            .map(|frame| {
+                frame
+                    .as_str()
+                    .lines()
+                    .map(|line| {
+                        serde_json::from_str::<serde_json::Value>(line).unwrap()["push"]["pub"]["offset"]
+                            .as_u64()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(offsets, vec![vec![4], vec![5]]);
     }
 
     #[test]
@@ -565,7 +638,7 @@ mod audience_properties {
                     .map(|p| p.offset)
                     .collect();
                 let frames = handle.try_batch().map(|b| b.frames).unwrap_or_default();
-                let offsets_of = |frame: &Utf8Bytes| -> Vec<u64> {
+                let offsets_of = |frame: &crate::outbound::QueuedFrame| -> Vec<u64> {
                     frame.as_str().lines().map(|line| {
                         let value: serde_json::Value = serde_json::from_str(line).unwrap();
                         value["push"]["pub"]["offset"].as_u64().unwrap()

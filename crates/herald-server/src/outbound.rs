@@ -37,10 +37,12 @@ pub enum Control {
     Disconnect(Disconnect),
 }
 
-/// What a queued publication frame is, for shedding and gap signals. A batch frame carries
-/// several offsets of one channel.
+/// A publication frame and what it is, for shedding and gap signals; shared by every subscriber
+/// it is queued for (one reference count per queued delivery). A batch frame carries several
+/// offsets of one channel.
 #[derive(Debug, Clone)]
 pub struct PublicationFrame {
+    pub bytes: Utf8Bytes,
     pub channel: Arc<str>,
     pub offsets: Vec<u64>,
     pub priority: Priority,
@@ -49,11 +51,36 @@ pub struct PublicationFrame {
     pub conflate: Option<Arc<str>>,
 }
 
-#[derive(Debug)]
-struct Entry {
-    bytes: Utf8Bytes,
-    /// `None` for replies and other protocol frames, which are never shed.
-    publication: Option<Arc<PublicationFrame>>,
+/// A frame waiting in a connection's queue, or taken by its writer.
+#[derive(Debug, Clone)]
+pub enum QueuedFrame {
+    /// A reply or other protocol frame: never shed.
+    Reply(Utf8Bytes),
+    Publication(Arc<PublicationFrame>),
+}
+
+impl QueuedFrame {
+    pub fn as_str(&self) -> &str {
+        match self {
+            QueuedFrame::Reply(bytes) => bytes.as_str(),
+            QueuedFrame::Publication(publication) => publication.bytes.as_str(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn publication(&self) -> Option<&Arc<PublicationFrame>> {
+        match self {
+            QueuedFrame::Reply(_) => None,
+            QueuedFrame::Publication(publication) => Some(publication),
+        }
+    }
 }
 
 /// What happened to a frame handed to [`ClientHandle::send_publication`].
@@ -92,7 +119,7 @@ struct Gap {
 
 #[derive(Debug, Default)]
 struct Queue {
-    entries: VecDeque<Entry>,
+    entries: VecDeque<QueuedFrame>,
     /// Bytes queued and not yet taken by the writer.
     bytes: usize,
     /// Queued entries that carry a conflation key; the replace scan runs only when some do.
@@ -108,7 +135,7 @@ struct Queue {
 /// as possible, then possibly the end.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub frames: Vec<Utf8Bytes>,
+    pub frames: Vec<QueuedFrame>,
     pub close: Option<Disconnect>,
     /// Nothing was left in the queue: whatever arrives next wakes the task, so the writer need
     /// not look again (and take the lock) before it is woken.
@@ -177,15 +204,15 @@ impl ClientHandle {
     /// Queues a reply or protocol push. These are never shed: when one does not fit even after
     /// shedding, the client is disconnected as slow. Returns false when it was not queued.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
-        self.enqueue(Entry { bytes: frame, publication: None }) == Queued::Yes
+        self.enqueue(QueuedFrame::Reply(frame)) == Queued::Yes
     }
 
     /// Queues a publication frame, degrading the queue by priority when it is full.
-    pub fn send_publication(&self, frame: Utf8Bytes, publication: Arc<PublicationFrame>) -> Queued {
-        self.enqueue(Entry { bytes: frame, publication: Some(publication) })
+    pub fn send_publication(&self, publication: Arc<PublicationFrame>) -> Queued {
+        self.enqueue(QueuedFrame::Publication(publication))
     }
 
-    fn enqueue(&self, entry: Entry) -> Queued {
+    fn enqueue(&self, entry: QueuedFrame) -> Queued {
         if self.overflowed.load(Ordering::Relaxed) {
             return Queued::Refused;
         }
@@ -194,15 +221,15 @@ impl ClientHandle {
             return Queued::Refused;
         }
         if queue.conflatable > 0 {
-            if let Some(publication) = entry.publication.as_ref().filter(|p| p.conflate.is_some()) {
+            if let Some(publication) = entry.publication().filter(|p| p.conflate.is_some()) {
                 queue.replace_superseded(publication);
             }
         }
-        let size = entry.bytes.len();
+        let size = entry.len();
         let fits = |queue: &Queue| queue.bytes == 0 || queue.bytes + size <= self.queue_max_bytes;
         if !fits(&queue) {
             // Shed what this entry outranks or equals, lowest priority and oldest first.
-            let ceiling = match &entry.publication {
+            let ceiling = match entry.publication() {
                 Some(p) if p.priority.sheddable() => p.priority,
                 _ => Priority::Normal,
             };
@@ -217,7 +244,7 @@ impl ClientHandle {
             }
         }
         if !fits(&queue) {
-            match &entry.publication {
+            match entry.publication() {
                 Some(p) if p.priority.sheddable() => {
                     queue.record_gap(p, ShedReason::QueueFull);
                     let over = queue.gap_overflowed();
@@ -281,16 +308,16 @@ impl ClientHandle {
         }
         let mut batch = Batch::default();
         for (channel, gap) in std::mem::take(&mut queue.gaps) {
-            batch.frames.push(Utf8Bytes::from(gap_signal(&channel, &gap)));
+            batch.frames.push(QueuedFrame::Reply(Utf8Bytes::from(gap_signal(&channel, &gap))));
         }
         let mut taken = 0;
         while let Some(entry) = queue.entries.front() {
-            if taken > 0 && taken + entry.bytes.len() > PACK_LIMIT {
+            if taken > 0 && taken + entry.len() > PACK_LIMIT {
                 break;
             }
             let Some(entry) = queue.remove(0) else { break };
-            taken += entry.bytes.len();
-            batch.frames.push(entry.bytes);
+            taken += entry.len();
+            batch.frames.push(entry);
         }
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
@@ -349,9 +376,9 @@ fn priority_index(priority: Priority) -> usize {
 }
 
 impl Queue {
-    fn push(&mut self, entry: Entry) {
-        self.bytes += entry.bytes.len();
-        if let Some(publication) = &entry.publication {
+    fn push(&mut self, entry: QueuedFrame) {
+        self.bytes += entry.len();
+        if let Some(publication) = entry.publication() {
             self.per_priority[priority_index(publication.priority)] += 1;
             if publication.conflate.is_some() {
                 self.conflatable += 1;
@@ -360,10 +387,10 @@ impl Queue {
         self.entries.push_back(entry);
     }
 
-    fn remove(&mut self, index: usize) -> Option<Entry> {
+    fn remove(&mut self, index: usize) -> Option<QueuedFrame> {
         let entry = self.entries.remove(index)?;
-        self.bytes -= entry.bytes.len();
-        if let Some(publication) = &entry.publication {
+        self.bytes -= entry.len();
+        if let Some(publication) = entry.publication() {
             self.per_priority[priority_index(publication.priority)] -= 1;
             if publication.conflate.is_some() {
                 self.conflatable -= 1;
@@ -375,12 +402,12 @@ impl Queue {
     /// Drops the queued frame that `newer` supersedes (same channel and conflation key).
     fn replace_superseded(&mut self, newer: &PublicationFrame) {
         let position = self.entries.iter().position(|entry| {
-            entry.publication.as_ref().is_some_and(|queued| {
+            entry.publication().is_some_and(|queued| {
                 queued.conflate.is_some() && queued.conflate == newer.conflate && queued.channel == newer.channel
             })
         });
         if let Some(entry) = position.and_then(|i| self.remove(i)) {
-            if let Some(publication) = &entry.publication {
+            if let Some(publication) = entry.publication() {
                 // Superseded, not lost: the newer value is on its way, so no gap is signalled.
                 crate::metrics::shed(publication.priority, ShedReason::Conflated.as_str());
             }
@@ -396,13 +423,13 @@ impl Queue {
             && self.bytes > 0
             && self.bytes + incoming > limit
         {
-            let matches = self.entries[index].publication.as_ref().is_some_and(|p| p.priority == priority);
+            let matches = self.entries[index].publication().is_some_and(|p| p.priority == priority);
             if !matches {
                 index += 1;
                 continue;
             }
             let Some(entry) = self.remove(index) else { break };
-            if let Some(publication) = &entry.publication {
+            if let Some(publication) = entry.publication() {
                 self.record_gap(publication, ShedReason::QueueFull);
             }
         }
@@ -490,17 +517,22 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn publication(channel: &str, offset: u64, priority: Priority) -> (Utf8Bytes, Arc<PublicationFrame>) {
+    fn publication(channel: &str, offset: u64, priority: Priority) -> Arc<PublicationFrame> {
         // Same size for every offset below a million, so the limits below count frames.
         let pad = " ".repeat(6 - offset.to_string().len());
         let bytes =
             Utf8Bytes::from(format!("{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"offset\":{offset}{pad}}}}}}}"));
-        let frame = PublicationFrame { channel: Arc::from(channel), offsets: vec![offset], priority, conflate: None };
-        (bytes, Arc::new(frame))
+        Arc::new(PublicationFrame {
+            bytes,
+            channel: Arc::from(channel),
+            offsets: vec![offset],
+            priority,
+            conflate: None,
+        })
     }
 
     fn frame_size() -> usize {
-        publication("ch", 1, Priority::Normal).0.len()
+        publication("ch", 1, Priority::Normal).bytes.len()
     }
 
     fn offsets_in(batch: &Batch) -> Vec<u64> {
@@ -529,18 +561,15 @@ mod tests {
         let handle = ClientHandle::new("c", frame_size() * 4);
         let priorities = [Priority::Low, Priority::Normal, Priority::Low, Priority::High];
         for (i, priority) in priorities.into_iter().enumerate() {
-            let (bytes, p) = publication("ch", i as u64 + 1, priority);
-            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+            assert_eq!(handle.send_publication(publication("ch", i as u64 + 1, priority)), Queued::Yes);
         }
         // A normal sheds the oldest low (1); another normal sheds the next low (3); a third
         // normal sheds the oldest normal (5 goes in place of 2).
         for offset in [5, 6, 7] {
-            let (bytes, p) = publication("ch", offset, Priority::Normal);
-            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+            assert_eq!(handle.send_publication(publication("ch", offset, Priority::Normal)), Queued::Yes);
         }
         // A low cannot shed normals or highs: it is shed itself.
-        let (bytes, p) = publication("ch", 8, Priority::Low);
-        assert_eq!(handle.send_publication(bytes, p), Queued::Shed);
+        assert_eq!(handle.send_publication(publication("ch", 8, Priority::Low)), Queued::Shed);
         let batch = handle.try_batch().expect("something is queued");
         assert_eq!(gaps_in(&batch), vec![1, 2, 3, 8]);
         assert_eq!(offsets_in(&batch), vec![4, 5, 6, 7]);
@@ -551,11 +580,9 @@ mod tests {
     fn a_high_publication_that_cannot_fit_disconnects_the_client() {
         let handle = ClientHandle::new("c", frame_size() * 2);
         for offset in [1, 2] {
-            let (bytes, p) = publication("ch", offset, Priority::Critical);
-            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+            assert_eq!(handle.send_publication(publication("ch", offset, Priority::Critical)), Queued::Yes);
         }
-        let (bytes, p) = publication("ch", 3, Priority::High);
-        assert_eq!(handle.send_publication(bytes, p), Queued::Refused);
+        assert_eq!(handle.send_publication(publication("ch", 3, Priority::High)), Queued::Refused);
         assert!(handle.overflowed());
         assert!(matches!(handle.try_control(), Some(Control::Disconnect(d)) if d.code == Disconnect::SLOW.code));
         assert!(handle.try_batch().is_none(), "the backlog is dropped; the client recovers it");
@@ -565,9 +592,9 @@ mod tests {
     fn a_newer_update_replaces_the_queued_one_with_the_same_key() {
         let handle = ClientHandle::new("c", 1 << 20);
         for (offset, key) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
-            let (bytes, p) = publication("ch", offset, Priority::Normal);
+            let p = publication("ch", offset, Priority::Normal);
             let p = Arc::new(PublicationFrame { conflate: Some(Arc::from(key)), ..(*p).clone() });
-            assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+            assert_eq!(handle.send_publication(p), Queued::Yes);
         }
         let batch = handle.try_batch().expect("queued");
         assert_eq!(offsets_in(&batch), vec![2, 4]);
@@ -577,15 +604,13 @@ mod tests {
     #[test]
     fn replies_are_never_shed_and_taken_frames_free_the_queue() {
         let handle = ClientHandle::new("c", frame_size() * 2);
-        let (bytes, p) = publication("ch", 1, Priority::Low);
-        handle.send_publication(bytes, p);
+        handle.send_publication(publication("ch", 1, Priority::Low));
         let reply = || Utf8Bytes::from("x".repeat(frame_size()));
         assert!(handle.send(reply()));
         let batch = handle.try_batch().expect("queued");
         assert_eq!(batch.frames.len(), 2);
         // Taken frames no longer count: two more fit, and a reply sheds the queued low.
-        let (bytes, p) = publication("ch", 2, Priority::Low);
-        assert_eq!(handle.send_publication(bytes, p), Queued::Yes);
+        assert_eq!(handle.send_publication(publication("ch", 2, Priority::Low)), Queued::Yes);
         assert!(handle.send(reply()));
         assert!(handle.send(reply()));
         // With nothing left to shed, a reply that does not fit disconnects the client.

@@ -7,7 +7,7 @@
 //! each shared frame and the newlines between them. A batch of small frames is copied once into
 //! a buffer of its own (see [`COPY_BELOW_AVERAGE`]). Nothing stays allocated between writes.
 
-use axum::extract::ws::Utf8Bytes;
+use crate::outbound::QueuedFrame;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,13 +35,13 @@ pub struct PackedWrite {
 
 enum Body {
     /// Header, then the shared frames with newlines between them, written with `writev`.
-    Vectored { header: [u8; 10], header_len: usize, frames: Vec<Utf8Bytes> },
+    Vectored { header: [u8; 10], header_len: usize, frames: Vec<QueuedFrame> },
     /// Header and payload copied together: held only while the write is under way.
     Contiguous(Vec<u8>),
 }
 
 impl PackedWrite {
-    pub fn text(frames: Vec<Utf8Bytes>) -> io::Result<Self> {
+    pub fn text(frames: Vec<QueuedFrame>) -> io::Result<Self> {
         let payload: usize =
             frames.iter().map(|frame| frame.as_str().len()).sum::<usize>() + frames.len().saturating_sub(1);
         let mut header = [0u8; 10];
@@ -67,7 +67,7 @@ impl PackedWrite {
     }
 
     /// The segments still to write, in order: header, frame, newline, frame, ...
-    fn fill<'a>(&self, header: &'a [u8], frames: &'a [Utf8Bytes], slices: &mut Vec<IoSlice<'a>>) {
+    fn fill<'a>(&self, header: &'a [u8], frames: &'a [QueuedFrame], slices: &mut Vec<IoSlice<'a>>) {
         let mut skip = self.written;
         let mut push = |bytes: &'a [u8], slices: &mut Vec<IoSlice<'a>>| {
             if skip >= bytes.len() {
@@ -116,6 +116,7 @@ impl PackedWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ws::Utf8Bytes;
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::protocol::Role;
@@ -167,13 +168,14 @@ mod tests {
     async fn a_frame_written_in_pieces_reads_back_whole() {
         // Payload lengths that take each header size: 7-bit, 16-bit and 64-bit lengths.
         for size in [3usize, 200, 70_000] {
-            let frames: Vec<Utf8Bytes> = (0..3).map(|n| Utf8Bytes::from(format!("{n}{}", "x".repeat(size)))).collect();
+            let frames: Vec<QueuedFrame> =
+                (0..3).map(|n| QueuedFrame::Reply(Utf8Bytes::from(format!("{n}{}", "x".repeat(size))))).collect();
             let mut write = PackedWrite::text(frames.clone()).expect("header");
             let copied = matches!(write.body, Body::Contiguous(_));
             assert_eq!(copied, size < COPY_BELOW_AVERAGE, "{size}-byte frames copied: {copied}");
             let mut trickle = Trickle { out: Vec::new(), step: 7, calls: 0 };
             std::future::poll_fn(|cx| write.poll_write(&mut trickle, cx)).await.expect("written");
-            let expected: Vec<&str> = frames.iter().map(Utf8Bytes::as_str).collect();
+            let expected: Vec<&str> = frames.iter().map(QueuedFrame::as_str).collect();
             assert_eq!(read_back(trickle.out).await, [expected.join("\n")], "payload of {size}-byte frames");
         }
     }
@@ -181,13 +183,13 @@ mod tests {
     #[tokio::test]
     async fn more_frames_than_one_writev_takes() {
         let pad = "p".repeat(COPY_BELOW_AVERAGE);
-        let frames: Vec<Utf8Bytes> =
-            (0..1500).map(|n| Utf8Bytes::from(format!("{{\"n\":{n},\"p\":\"{pad}\"}}"))).collect();
+        let frames: Vec<QueuedFrame> =
+            (0..1500).map(|n| QueuedFrame::Reply(Utf8Bytes::from(format!("{{\"n\":{n},\"p\":\"{pad}\"}}")))).collect();
         let mut write = PackedWrite::text(frames.clone()).expect("header");
         assert!(matches!(write.body, Body::Vectored { .. }), "large frames go out from their shared bytes");
         let mut out = Vec::new();
         std::future::poll_fn(|cx| write.poll_write(&mut out, cx)).await.expect("written");
-        let expected: Vec<&str> = frames.iter().map(Utf8Bytes::as_str).collect();
+        let expected: Vec<&str> = frames.iter().map(QueuedFrame::as_str).collect();
         assert_eq!(read_back(out).await, [expected.join("\n")]);
     }
 }
