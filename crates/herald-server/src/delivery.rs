@@ -379,31 +379,12 @@ mod tests {
         (delivery, client)
     }
 
-    /// The offsets in each frame the client would be sent.
-    fn frames(client: &ClientHandle) -> Vec<Vec<u64>> {
-        let batch = client.try_batch().map(|b| b.frames).unwrap_or_default();
-        batch
-            .iter()
-            .map(|frame| {
-                frame
-                    .as_str()
-                    .lines()
-                    .map(|line| {
-                        serde_json::from_str::<serde_json::Value>(line).unwrap()["push"]["pub"]["offset"]
-                            .as_u64()
-                            .unwrap()
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
     fn a_publication_alone_goes_out_by_itself_at_once() {
         let (delivery, client) = delivery_with_subscriber();
         delivery.queue_publication("ch", publication(1, Priority::Normal));
         delivery.flush_publications("ch");
-        assert_eq!(frames(&client), vec![vec![1]]);
+        assert_eq!(client.take_offsets(), vec![vec![1]]);
         assert!(delivery.lanes.iter().all(|shard| shard.lock().is_empty()), "an idle channel keeps no lane");
     }
 
@@ -415,7 +396,7 @@ mod tests {
             delivery.queue_publication("ch", publication(i as u64 + 1, priority));
         }
         delivery.flush_publications("ch");
-        assert_eq!(frames(&client), vec![vec![1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(client.take_offsets(), vec![vec![1, 2], vec![3, 4], vec![5]]);
     }
 
     #[test]
@@ -424,9 +405,9 @@ mod tests {
         delivery.queue_publication("ch", publication(1, Priority::Normal));
         delivery.lanes[shard_of("ch")].lock().get_mut("ch").unwrap().flushing = true;
         delivery.flush_publications("ch");
-        assert!(frames(&client).is_empty(), "another caller is flushing the channel");
+        assert!(client.take_offsets().is_empty(), "another caller is flushing the channel");
         delivery.queue_publication("ch", publication(2, Priority::Normal));
         delivery.flush_lane("ch", true);
-        assert_eq!(frames(&client), vec![vec![1, 2]]);
+        assert_eq!(client.take_offsets(), vec![vec![1, 2]]);
     }
 }

@@ -535,24 +535,7 @@ mod tests {
         subscription.go_live(|_| Vec::new());
         hub.broadcast_publication("ch", &publication(2));
         hub.broadcast("ch", &[publication(3), publication(4), publication(5)], None);
-        let offsets: Vec<Vec<u64>> = handle
-            .try_batch()
-            .map(|b| b.frames)
-            .unwrap_or_default()
-            .iter()
-            .map(|frame| {
-                frame
-                    .as_str()
-                    .lines()
-                    .map(|line| {
-                        serde_json::from_str::<serde_json::Value>(line).unwrap()["push"]["pub"]["offset"]
-                            .as_u64()
-                            .unwrap()
-                    })
-                    .collect()
-            })
-            .collect();
-        assert_eq!(offsets, vec![vec![4], vec![5]]);
+        assert_eq!(handle.take_offsets(), vec![vec![4], vec![5]]);
     }
 
     #[test]

@@ -371,6 +371,19 @@ impl ClientHandle {
     }
 }
 
+#[cfg(test)]
+impl ClientHandle {
+    /// Takes what is queued and returns the publication offsets of each frame, in order.
+    pub(crate) fn take_offsets(&self) -> Vec<Vec<u64>> {
+        let frames = self.try_batch().map(|batch| batch.frames).unwrap_or_default();
+        let offset = |line: &str| -> u64 {
+            let reply: serde_json::Value = serde_json::from_str(line).expect("queued frames are JSON lines");
+            reply["push"]["pub"]["offset"].as_u64().expect("a publication push")
+        };
+        frames.iter().map(|frame| frame.as_str().lines().map(offset).collect()).collect()
+    }
+}
+
 fn priority_index(priority: Priority) -> usize {
     Priority::ALL.iter().position(|p| *p == priority).unwrap_or(1)
 }
