@@ -100,8 +100,7 @@ impl HubDelivery {
         let Some(options) = self.options(channel) else {
             return self.deliver(channel, &[publication], None);
         };
-        let conflating = !options.conflate_key.is_empty() && !options.conflate_window.is_zero();
-        let batching = options.batch_max_size > 0 && !options.batch_max_delay.is_zero();
+        let (conflating, batching) = windows(options);
         if (!conflating && !batching) || self.runtime.is_none() {
             let key = conflating.then_some(options.conflate_key.as_str());
             return self.deliver(channel, &[publication], key);
@@ -122,10 +121,8 @@ impl HubDelivery {
     /// Queues a publication in its channel's lane; channels whose namespace holds publications
     /// back (conflation, batching) take it at once instead.
     pub fn queue_publication(&self, channel: &str, publication: Arc<Publication>) {
-        let holds_back = self.options(channel).is_some_and(|options| {
-            let conflating = !options.conflate_key.is_empty() && !options.conflate_window.is_zero();
-            conflating || (options.batch_max_size > 0 && !options.batch_max_delay.is_zero())
-        });
+        let holds_back =
+            self.options(channel).map(windows).is_some_and(|(conflating, batching)| conflating || batching);
         if holds_back {
             return self.handle_publication(channel, publication);
         }
@@ -208,7 +205,7 @@ impl HubDelivery {
         publications: Vec<Arc<Publication>>,
     ) {
         let key = (!options.conflate_key.is_empty()).then_some(options.conflate_key.as_str());
-        if options.batch_max_size == 0 || options.batch_max_delay.is_zero() {
+        if !windows(options).1 {
             // Each on its own, so a slow subscriber's queue can still replace superseded ones.
             for publication in publications {
                 self.deliver(channel, &[publication], key);
@@ -329,6 +326,13 @@ impl BrokerEventHandler for HubDelivery {
             });
         }
     }
+}
+
+/// Whether a namespace has a conflation window, and whether it has a batching window.
+fn windows(options: &NamespaceOptions) -> (bool, bool) {
+    let conflating = !options.conflate_key.is_empty() && !options.conflate_window.is_zero();
+    let batching = options.batch_max_size > 0 && !options.batch_max_delay.is_zero();
+    (conflating, batching)
 }
 
 #[derive(Debug, Clone, Copy)]
