@@ -360,17 +360,10 @@ mod tests {
     use crate::outbound::ClientHandle;
     use crate::view::{View, Viewer};
     use herald_core::protocol::{Priority, PublicationMeta};
-    use serde_json::value::RawValue;
 
     fn publication(offset: u64, priority: Priority) -> Arc<Publication> {
-        Arc::new(Publication {
-            data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
-            info: None,
-            offset,
-            tags: Default::default(),
-            time: 0,
-            meta: Some(Arc::new(PublicationMeta { priority, ..Default::default() })),
-        })
+        let meta = Some(Arc::new(PublicationMeta { priority, ..Default::default() }));
+        Arc::new(Publication { meta, ..(*crate::hub::tests::publication(offset)).clone() })
     }
 
     fn delivery_with_subscriber() -> (Arc<HubDelivery>, Arc<ClientHandle>) {

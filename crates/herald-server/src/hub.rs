@@ -483,11 +483,12 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    fn publication(offset: u64) -> Arc<Publication> {
+    /// A publication whose data is its offset.
+    pub(crate) fn publication(offset: u64) -> Arc<Publication> {
         Arc::new(Publication {
             data: Arc::from(RawValue::from_string(offset.to_string()).unwrap()),
             info: None,
