@@ -87,7 +87,11 @@ impl Subscription {
 
     /// True when the client already has this publication through its subscribe reply.
     fn covers(&self, publication: &Publication) -> bool {
-        publication.offset != 0 && publication.offset <= self.floor.load(Ordering::Relaxed)
+        self.covers_offset(publication.offset)
+    }
+
+    fn covers_offset(&self, offset: u64) -> bool {
+        offset != 0 && offset <= self.floor.load(Ordering::Relaxed)
     }
 }
 
@@ -122,6 +126,25 @@ pub struct Broadcast {
     pub dropped: usize,
     /// Who got a publication that requires acknowledgement.
     pub recipients: Vec<Arc<Subscription>>,
+}
+
+impl Broadcast {
+    /// Counts what happened to one subscriber's delivery, and keeps the subscriber when the
+    /// publication must be acknowledged (`track`, see [`needs_ack`]).
+    fn count(&mut self, subscription: &Arc<Subscription>, queued: bool, track: bool) {
+        if !queued {
+            self.dropped += 1;
+            return;
+        }
+        self.delivered += 1;
+        if track {
+            self.recipients.push(subscription.clone());
+        }
+    }
+}
+
+fn needs_ack(publication: &Publication) -> bool {
+    publication.meta.as_ref().is_some_and(|m| m.ack.is_some())
 }
 
 /// A publication's serialized forms and parsed payload, made at most once per broadcast.
@@ -381,7 +404,7 @@ impl Hub {
                     let publication = &publications[*index];
                     let audience = publication.audience();
                     let outcome = &mut outcomes[*index];
-                    let track = publication.meta.as_ref().is_some_and(|m| m.ack.is_some());
+                    let track = needs_ack(publication);
                     for subscription in group.members.values() {
                         if let Some(audience) = audience {
                             if !audience.admits(&subscription.viewer.user, &subscription.viewer.roles) {
@@ -391,22 +414,18 @@ impl Hub {
                         if subscription.covers(publication) {
                             continue;
                         }
-                        if !subscription.deliver(&[publication], frame) {
-                            outcome.dropped += 1;
-                            continue;
-                        }
-                        outcome.delivered += 1;
-                        if track {
-                            outcome.recipients.push(subscription.clone());
-                        }
+                        outcome.count(subscription, subscription.deliver(&[publication], frame), track);
                     }
                 }
                 several => {
                     // Without audiences every member gets the same batch frame: pack it once.
                     let restricted = several.iter().any(|(i, _)| publications[*i].audience().is_some());
                     let shared = (!restricted).then(|| Batched::new(&channel_name, publications, several));
+                    // Offsets grow within a batch: one comparison per subscriber finds whether
+                    // its subscribe reply covered any of them.
+                    let lowest = several.iter().map(|(i, _)| publications[*i].offset).filter(|&o| o != 0).min();
                     for subscription in group.members.values() {
-                        if several.iter().any(|(i, _)| subscription.covers(&publications[*i])) {
+                        if lowest.is_some_and(|offset| subscription.covers_offset(offset)) {
                             // Just subscribed: part of the batch came with the reply. The rest
                             // goes one by one (rare, so not worth a frame of its own).
                             for &(index, frame) in several {
@@ -414,15 +433,8 @@ impl Hub {
                                 if subscription.covers(publication) || !subscription.viewer.admitted(publication) {
                                     continue;
                                 }
-                                let outcome = &mut outcomes[index];
-                                if !subscription.deliver(&[publication], frame) {
-                                    outcome.dropped += 1;
-                                    continue;
-                                }
-                                outcome.delivered += 1;
-                                if publication.meta.as_ref().is_some_and(|m| m.ack.is_some()) {
-                                    outcome.recipients.push(subscription.clone());
-                                }
+                                let queued = subscription.deliver(&[publication], frame);
+                                outcomes[index].count(subscription, queued, needs_ack(publication));
                             }
                             continue;
                         }
@@ -444,15 +456,7 @@ impl Hub {
                         };
                         let queued = subscription.deliver(&batched.publications, &batched.frame);
                         for &index in &batched.indices {
-                            let outcome = &mut outcomes[index];
-                            if !queued {
-                                outcome.dropped += 1;
-                                continue;
-                            }
-                            outcome.delivered += 1;
-                            if publications[index].meta.as_ref().is_some_and(|m| m.ack.is_some()) {
-                                outcome.recipients.push(subscription.clone());
-                            }
+                            outcomes[index].count(subscription, queued, needs_ack(&publications[index]));
                         }
                     }
                 }
