@@ -191,7 +191,7 @@ impl ReaderThread {
         if connection.idle {
             return;
         }
-        let outcome = read_until_blocked(connection, &mut self.buf, &mut self.replies);
+        let outcome = read_available(connection, &mut self.buf, &mut self.replies);
         connection.local.report_progress(&self.shared);
         if let Err(error) = outcome {
             connection.local.error = Some(format!("{error:#}"));
@@ -236,7 +236,7 @@ impl ReaderThread {
 /// A read shorter than the buffer took everything the socket held, and data arriving later
 /// raises a new edge, so reading stops there: one more read per wake only to hear "would
 /// block" was a system call per delivery at 100 publications/s.
-fn read_until_blocked(connection: &mut Reading, buf: &mut [u8], replies: &mut Vec<Vec<u8>>) -> Result<()> {
+fn read_available(connection: &mut Reading, buf: &mut [u8], replies: &mut Vec<Vec<u8>>) -> Result<()> {
     loop {
         match wire::read_some(&mut connection.stream, buf).context("reading")? {
             Read::WouldBlock => break,
