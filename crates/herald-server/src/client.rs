@@ -16,13 +16,16 @@ use herald_config::NamespaceOptions;
 use herald_core::channel::ChannelName;
 use herald_core::protocol::{
     reply, ClientInfo, Command, ConnectRequest, ConnectResult, EmptyResult, HistoryRequest, HistoryResult, Method,
-    PresenceResult, PresenceStatsResult, Publication, RawJson, RefreshRequest, RefreshResult, RpcRequest, RpcResult,
-    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    PresenceResult, PresenceStatsResult, Publication, PublishRequest, RawJson, RefreshRequest, RefreshResult,
+    RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
 use herald_core::{Disconnect, ProtocolError};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 struct ClientSubscription {
@@ -95,6 +98,27 @@ fn publication_frames<'a>(
     publications.iter().map(move |p| Utf8Bytes::from(reply::push(channel, "pub", p.as_ref())))
 }
 
+/// Most client publishes of one connection waiting for the engine at once; the connection reads
+/// no further commands until the oldest is answered.
+const PUBLISHES_IN_FLIGHT: usize = 256;
+
+type PublishFuture = Pin<Box<dyn Future<Output = Result<(), ProtocolError>> + Send>>;
+
+/// A client publish whose reply has not gone out: still waiting for the engine, or done behind
+/// one that is.
+struct InFlightPublish {
+    id: u32,
+    started: Instant,
+    state: PublishState,
+}
+
+enum PublishState {
+    /// In a mutex only so that the session stays `Sync` (its commands borrow it across awaits);
+    /// it is reached through `get_mut`, never locked.
+    Waiting(parking_lot::Mutex<PublishFuture>),
+    Done(Result<(), ProtocolError>),
+}
+
 pub(crate) struct Session {
     node: Arc<NodeInner>,
     handle: Arc<ClientHandle>,
@@ -104,6 +128,8 @@ pub(crate) struct Session {
     roles: Arc<[String]>,
     expires_at: Option<u64>,
     subscriptions: ChannelMap<ClientSubscription>,
+    /// Publishes in flight, in the order the client sent them.
+    publishes: VecDeque<InFlightPublish>,
 }
 
 type CommandResult = Result<(), Disconnect>;
@@ -122,6 +148,7 @@ impl Session {
             roles: Arc::from(Vec::new()),
             expires_at: None,
             subscriptions: ChannelMap::default(),
+            publishes: VecDeque::new(),
         }
     }
 
@@ -161,10 +188,105 @@ impl Session {
             let (id, method) = command.into_method();
             let name = method.name();
             let started = Instant::now();
+            if let Method::Publish(request) = method {
+                // Timed when its reply goes out, which may be after later commands started.
+                self.publish_command(id, request, started).await;
+                continue;
+            }
+            if !matches!(method, Method::Pong) {
+                // Whatever a client sends after its publishes sees them done, as it would if
+                // each had waited for its reply.
+                self.settle_publishes().await;
+            }
             self.handle_command(id, method).await?;
             metrics::command(name, started.elapsed());
         }
         Ok(())
+    }
+
+    /// Starts a client publish. With an engine that fixes the order when a publish starts
+    /// ([`Broker::orders_on_first_poll`](crate::engine::Broker::orders_on_first_poll)), up to
+    /// [`PUBLISHES_IN_FLIGHT`] wait for the engine at once, so one connection can publish at
+    /// the engine's rate rather than one per commit round trip; replies still go out in order.
+    async fn publish_command(&mut self, id: u32, request: PublishRequest, started: Instant) {
+        let publish = match self.prepare_publish(request.channel, request.data) {
+            Ok(publish) => publish,
+            Err(error) => return self.in_order(InFlightPublish { id, started, state: PublishState::Done(Err(error)) }),
+        };
+        if !self.node.broker.orders_on_first_poll() {
+            let result = self.node.publish(publish, "client").await.map(|_| ());
+            return self.reply_publish(id, started, result);
+        }
+        if self.publishes.len() >= PUBLISHES_IN_FLIGHT {
+            std::future::poll_fn(|cx| {
+                let _ = self.poll_publishes(cx);
+                if self.publishes.len() < PUBLISHES_IN_FLIGHT {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+        let node = self.node.clone();
+        let mut future: PublishFuture = Box::pin(async move { node.publish(publish, "client").await.map(|_| ()) });
+        // This first poll fixes the publication's place in its channel's stream.
+        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        let state = match first {
+            Poll::Ready(result) => PublishState::Done(result),
+            Poll::Pending => PublishState::Waiting(parking_lot::Mutex::new(future)),
+        };
+        self.in_order(InFlightPublish { id, started, state });
+    }
+
+    /// Replies to a publish at once when nothing is ahead of it, otherwise after those ahead.
+    fn in_order(&mut self, publish: InFlightPublish) {
+        match publish.state {
+            PublishState::Done(result) if self.publishes.is_empty() => {
+                self.reply_publish(publish.id, publish.started, result)
+            }
+            _ => self.publishes.push_back(publish),
+        }
+    }
+
+    fn reply_publish(&self, id: u32, started: Instant, result: Result<(), ProtocolError>) {
+        match result {
+            Ok(()) => self.send(id, "publish", &EmptyResult {}),
+            Err(error) => self.send_error(id, "publish", &error),
+        }
+        metrics::command("publish", started.elapsed());
+    }
+
+    /// Moves the publishes in flight on and replies to those done, oldest first. Ready once
+    /// none is in flight.
+    pub fn poll_publishes(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.publishes.is_empty() {
+            return Poll::Ready(());
+        }
+        for publish in self.publishes.iter_mut() {
+            if let PublishState::Waiting(future) = &mut publish.state {
+                if let Poll::Ready(result) = future.get_mut().as_mut().poll(cx) {
+                    publish.state = PublishState::Done(result);
+                }
+            }
+        }
+        while let Some(InFlightPublish { state: PublishState::Done(_), .. }) = self.publishes.front() {
+            let Some(InFlightPublish { id, started, state: PublishState::Done(result) }) = self.publishes.pop_front()
+            else {
+                break;
+            };
+            self.reply_publish(id, started, result);
+        }
+        if self.publishes.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until every publish in flight is answered.
+    pub async fn settle_publishes(&mut self) {
+        std::future::poll_fn(|cx| self.poll_publishes(cx)).await
     }
 
     async fn handle_command(&mut self, id: u32, method: Method) -> CommandResult {
@@ -194,10 +316,7 @@ impl Session {
                 Ok(())
             }
             Method::Publish(request) => {
-                match self.publish(request.channel, request.data).await {
-                    Ok(()) => self.send(id, "publish", &EmptyResult {}),
-                    Err(error) => self.send_error(id, "publish", &error),
-                }
+                self.publish_command(id, request, Instant::now()).await;
                 Ok(())
             }
             Method::Presence(request) => {
@@ -720,7 +839,7 @@ impl Session {
         for_client || (for_subscriber && self.subscriptions.contains_key(channel))
     }
 
-    async fn publish(&self, channel: String, data: Option<RawJson>) -> Result<(), ProtocolError> {
+    fn prepare_publish(&self, channel: String, data: Option<RawJson>) -> Result<Publish, ProtocolError> {
         let options = self.node.channel_options(&channel)?;
         let data = data.ok_or_else(|| ProtocolError::bad_request().with_message("publish needs data"))?;
         if !self.allowed(
@@ -734,7 +853,7 @@ impl Session {
         let chan_info = self.subscriptions.get(&channel).and_then(|s| s.chan_info.clone());
         let mut publish = Publish::new(channel, data);
         publish.info = Some(self.client_info(chan_info));
-        self.node.publish(publish, "client").await.map(|_| ())
+        Ok(publish)
     }
 
     fn check_presence_access(&self, channel: &str) -> Result<(), ProtocolError> {

@@ -132,6 +132,13 @@ fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) -> impl Futur
             session_loop(&node, &mut session, &mut transport, ping_interval, pong_timeout).await
         };
         let disconnect = outcome.err().unwrap_or(Disconnect::CONNECTION_CLOSED);
+        // Publishes in flight are in the engine's order already; their replies go out before
+        // the close unless the engine takes longer than a client would wait.
+        let settle = transport.write_while(Box::pin(async {
+            session.settle_publishes().await;
+            Ok(())
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(5), settle).await;
         let handle = &transport.handle;
         tracing::debug!(client = %handle.id, code = disconnect.code, reason = %disconnect.reason, "disconnecting");
         // Counted before the close frame leaves, so whoever sees the close also sees the count.
@@ -191,7 +198,12 @@ async fn session_loop(
         if sleep.deadline() != deadline {
             sleep.as_mut().reset(deadline);
         }
-        let event = std::future::poll_fn(|cx| transport.poll_event(cx, sleep.as_mut(), &mut shutdown)).await;
+        let event = std::future::poll_fn(|cx| {
+            // Replies to publishes in flight are queued before the queue is written.
+            let _ = session.poll_publishes(cx);
+            transport.poll_event(cx, sleep.as_mut(), &mut shutdown)
+        })
+        .await;
         let result = match event {
             Event::Frame(text) => {
                 timers.pong_deadline = None;

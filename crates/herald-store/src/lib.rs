@@ -529,6 +529,11 @@ impl Broker for DurableBroker {
         Ok(PublishOutcome { position, deduplicated: false })
     }
 
+    /// The offset is reserved and the write queued before the only await (the commit).
+    fn orders_on_first_poll(&self) -> bool {
+        true
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
         self.memory.publish_join(channel, info).await
     }

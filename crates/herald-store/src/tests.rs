@@ -124,6 +124,30 @@ async fn concurrent_publishes_are_delivered_in_offset_order() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// What `orders_on_first_poll` promises: publishes started in one order and finished in
+/// another take the offsets of the order they started in.
+#[tokio::test]
+async fn a_publish_takes_its_place_when_first_polled() {
+    let dir = temp_dir("first-poll");
+    let (broker, _collect) = open(&dir, Fsync::Always);
+    assert!(broker.orders_on_first_poll());
+    let options = kept(10);
+    let mut publishes: Vec<_> = (1..=3).map(|n| broker.publish("c", publication(n), &options)).collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for publish in &mut publishes {
+        let _ = publish.as_mut().poll(&mut cx);
+    }
+    let mut offsets = Vec::new();
+    for publish in publishes.into_iter().rev() {
+        offsets.push(publish.await.unwrap().position.offset);
+    }
+    assert_eq!(offsets, [3, 2, 1], "each publish has the offset of the order it started in");
+    let page = broker.history("c", &HistoryFilter { since: None, limit: Some(10), reverse: false }).await.unwrap();
+    let data: Vec<String> = page.publications.iter().map(|p| p.data.get().to_owned()).collect();
+    assert_eq!(data, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn an_unreadable_file_is_moved_aside_and_streams_start_a_new_epoch() {
     let dir = temp_dir("corrupt");

@@ -249,6 +249,11 @@ impl Broker for MemoryBroker {
         Ok(PublishOutcome { position, deduplicated: false })
     }
 
+    /// Publishing takes no await at all.
+    fn orders_on_first_poll(&self) -> bool {
+        true
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError> {
         self.handler()?.handle_join(channel, info);
         Ok(())

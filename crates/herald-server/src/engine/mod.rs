@@ -122,6 +122,14 @@ pub trait Broker: Send + Sync + 'static {
         options: &PublishOptions,
     ) -> Result<PublishOutcome, EngineError>;
 
+    /// True when `publish` fixes the publication's place in its channel's stream before the
+    /// returned future first returns `Pending`. A client connection may then have several
+    /// publishes waiting for the engine at once and still keep their order; with an engine that
+    /// orders later (a networked one), each waits for the previous one's answer.
+    fn orders_on_first_poll(&self) -> bool {
+        false
+    }
+
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), EngineError>;
 
