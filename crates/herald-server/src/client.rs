@@ -102,6 +102,9 @@ fn publication_frames<'a>(
 /// no further commands until the oldest is answered.
 const PUBLISHES_IN_FLIGHT: usize = 256;
 
+/// Most publications a burst of client publishes defers before they fan out.
+const DEFERRED_PUBLISHES: usize = 64;
+
 type PublishFuture = Pin<Box<dyn Future<Output = Result<(), ProtocolError>> + Send>>;
 
 /// A client publish whose reply has not gone out: still waiting for the engine, or done behind
@@ -128,8 +131,20 @@ pub(crate) struct Session {
     roles: Arc<[String]>,
     expires_at: Option<u64>,
     subscriptions: ChannelMap<ClientSubscription>,
+    /// Made when the client first publishes: most connections never do, and each byte here is
+    /// held by every idle one.
+    pipeline: Option<Box<Pipeline>>,
+}
+
+/// A connection's publishes on their way through the engine.
+#[derive(Default)]
+struct Pipeline {
     /// Publishes in flight, in the order the client sent them.
     publishes: VecDeque<InFlightPublish>,
+    /// Channels whose fan-out this session's publishes put off (see [`Session::flush_deferred`]).
+    deferred_flushes: Vec<String>,
+    /// Publishes since the last flush of what was deferred.
+    deferred_publishes: usize,
 }
 
 type CommandResult = Result<(), Disconnect>;
@@ -148,7 +163,7 @@ impl Session {
             roles: Arc::from(Vec::new()),
             expires_at: None,
             subscriptions: ChannelMap::default(),
-            publishes: VecDeque::new(),
+            pipeline: None,
         }
     }
 
@@ -217,10 +232,10 @@ impl Session {
             let result = self.node.publish(publish, "client").await.map(|_| ());
             return self.reply_publish(id, started, result);
         }
-        if self.publishes.len() >= PUBLISHES_IN_FLIGHT {
+        if self.in_flight() >= PUBLISHES_IN_FLIGHT {
             std::future::poll_fn(|cx| {
                 let _ = self.poll_publishes(cx);
-                if self.publishes.len() < PUBLISHES_IN_FLIGHT {
+                if self.in_flight() < PUBLISHES_IN_FLIGHT {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -230,8 +245,18 @@ impl Session {
         }
         let node = self.node.clone();
         let mut future: PublishFuture = Box::pin(async move { node.publish(publish, "client").await.map(|_| ()) });
-        // This first poll fixes the publication's place in its channel's stream.
-        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        // This first poll fixes the publication's place in its channel's stream; an engine that
+        // fans out as it publishes leaves the fan-out to the end of the client's burst.
+        let pipeline = self.pipeline.get_or_insert_with(Box::default);
+        let deferred = &mut pipeline.deferred_flushes;
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(crate::delivery::deferring_flushes(deferred, || future.as_mut().poll(cx)))
+        })
+        .await;
+        pipeline.deferred_publishes += 1;
+        if pipeline.deferred_publishes >= DEFERRED_PUBLISHES {
+            self.flush_deferred();
+        }
         let state = match first {
             Poll::Ready(result) => PublishState::Done(result),
             Poll::Pending => PublishState::Waiting(parking_lot::Mutex::new(future)),
@@ -239,13 +264,17 @@ impl Session {
         self.in_order(InFlightPublish { id, started, state });
     }
 
+    fn in_flight(&self) -> usize {
+        self.pipeline.as_ref().map_or(0, |pipeline| pipeline.publishes.len())
+    }
+
     /// Replies to a publish at once when nothing is ahead of it, otherwise after those ahead.
     fn in_order(&mut self, publish: InFlightPublish) {
         match publish.state {
-            PublishState::Done(result) if self.publishes.is_empty() => {
+            PublishState::Done(result) if self.in_flight() == 0 => {
                 self.reply_publish(publish.id, publish.started, result)
             }
-            _ => self.publishes.push_back(publish),
+            _ => self.pipeline.get_or_insert_with(Box::default).publishes.push_back(publish),
         }
     }
 
@@ -260,32 +289,48 @@ impl Session {
     /// Moves the publishes in flight on and replies to those done, oldest first. Ready once
     /// none is in flight.
     pub fn poll_publishes(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.publishes.is_empty() {
+        let Some(pipeline) = self.pipeline.as_deref_mut().filter(|p| !p.publishes.is_empty()) else {
             return Poll::Ready(());
-        }
-        for publish in self.publishes.iter_mut() {
+        };
+        for publish in pipeline.publishes.iter_mut() {
             if let PublishState::Waiting(future) = &mut publish.state {
                 if let Poll::Ready(result) = future.get_mut().as_mut().poll(cx) {
                     publish.state = PublishState::Done(result);
                 }
             }
         }
-        while let Some(InFlightPublish { state: PublishState::Done(_), .. }) = self.publishes.front() {
-            let Some(InFlightPublish { id, started, state: PublishState::Done(result) }) = self.publishes.pop_front()
-            else {
+        loop {
+            let Some(pipeline) = self.pipeline.as_deref_mut() else { return Poll::Ready(()) };
+            if !matches!(pipeline.publishes.front(), Some(InFlightPublish { state: PublishState::Done(_), .. })) {
                 break;
-            };
-            self.reply_publish(id, started, result);
+            }
+            if let Some(InFlightPublish { id, started, state: PublishState::Done(result) }) =
+                pipeline.publishes.pop_front()
+            {
+                self.reply_publish(id, started, result);
+            }
         }
-        if self.publishes.is_empty() {
+        if self.in_flight() == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
     }
 
-    /// Waits until every publish in flight is answered.
+    /// Fans out what this session's publishes queued and deferred. Called once the client's
+    /// burst ends (nothing more to read), before any other command, and every
+    /// [`DEFERRED_PUBLISHES`].
+    pub fn flush_deferred(&mut self) {
+        let Some(pipeline) = self.pipeline.as_deref_mut() else { return };
+        pipeline.deferred_publishes = 0;
+        for channel in pipeline.deferred_flushes.drain(..) {
+            self.node.delivery.flush_publications(&channel);
+        }
+    }
+
+    /// Fans out what is deferred and waits until every publish in flight is answered.
     pub async fn settle_publishes(&mut self) {
+        self.flush_deferred();
         std::future::poll_fn(|cx| self.poll_publishes(cx)).await
     }
 

@@ -116,6 +116,8 @@ pub(crate) struct NodeInner {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub broker: Arc<dyn Broker>,
+    /// The handler registered with the broker: sessions flush the lanes they deferred here.
+    pub delivery: Arc<HubDelivery>,
     pub presence: Arc<dyn PresenceManager>,
     /// The other nodes of a cluster; `None` for a node alone.
     pub registry: Option<Arc<dyn NodeRegistry>>,
@@ -192,7 +194,8 @@ impl NodeBuilder {
         let broker = self.broker.unwrap_or_else(|| Arc::new(MemoryBroker::new()));
         let stats = Arc::new(Stats::default());
         let acks = Arc::new(AckTracker::default());
-        broker.register_handler(HubDelivery::new(hub.clone(), stats.clone(), acks.clone(), config.clone()));
+        let delivery = HubDelivery::new(hub.clone(), stats.clone(), acks.clone(), config.clone());
+        broker.register_handler(delivery.clone());
         let presence = self.presence.unwrap_or_else(|| Arc::new(MemoryPresence::new()));
         let id = uuid::Uuid::new_v4().to_string();
         let name = self.name.unwrap_or_else(|| format!("herald-{}", &id[..8]));
@@ -203,6 +206,7 @@ impl NodeBuilder {
                 config,
                 hub,
                 broker,
+                delivery,
                 presence,
                 registry: self.registry,
                 tokens,

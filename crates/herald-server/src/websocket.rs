@@ -201,7 +201,12 @@ async fn session_loop(
         let event = std::future::poll_fn(|cx| {
             // Replies to publishes in flight are queued before the queue is written.
             let _ = session.poll_publishes(cx);
-            transport.poll_event(cx, sleep.as_mut(), &mut shutdown)
+            let event = transport.poll_event(cx, sleep.as_mut(), &mut shutdown);
+            if event.is_pending() {
+                // Nothing more to read for now: the client's burst of publishes is over.
+                session.flush_deferred();
+            }
+            event
         })
         .await;
         let result = match event {

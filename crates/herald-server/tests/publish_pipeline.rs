@@ -175,3 +175,29 @@ async fn a_refused_publish_is_answered_in_its_place() {
     assert_eq!(order, [(u64::from(first), false), (u64::from(refused), true), (u64::from(ping), false)]);
     server.stop().await.expect("stopped");
 }
+
+/// The in-memory engine fans out as it publishes; a client's burst is fanned out when the burst
+/// ends (nothing more to read), so everything arrives, in order, and a lone publish after it
+/// goes out by itself.
+#[tokio::test]
+async fn a_burst_of_client_publishes_reaches_subscribers_in_order() {
+    let mut config = config();
+    config.client.insecure = true;
+    let server = TestServer::start(config).await;
+    let mut subscriber = server.connected("").await;
+    subscriber.call(json!({"subscribe": {"channel": "chat:burst"}})).await;
+    let mut publisher = server.connected("").await;
+    let burst: Vec<String> = (1..=150)
+        .map(|n| json!({"id": 100 + n, "publish": {"channel": "chat:burst", "data": {"n": n}}}).to_string())
+        .collect();
+    publisher.send_raw(&burst.join("\n")).await;
+    let answers = replies(&mut publisher, 150).await;
+    assert_eq!(ids(&answers), (101..=250).collect::<Vec<u64>>());
+    for n in 1..=150 {
+        let publication = subscriber.publication("chat:burst").await;
+        assert_eq!(publication["data"]["n"], json!(n), "in the order published: {publication}");
+    }
+    publisher.call(json!({"publish": {"channel": "chat:burst", "data": {"n": "lone"}}})).await;
+    assert_eq!(subscriber.publication("chat:burst").await["data"]["n"], json!("lone"));
+    server.stop().await.expect("stopped");
+}
