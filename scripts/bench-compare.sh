@@ -6,7 +6,7 @@
 # binaries and runs the scenarios with the targets' parameters. Output: one markdown table per
 # scenario on stdout, the JSON documents in $WORK/*.json.
 #
-# Usage: scripts/bench-compare.sh [scenario...]   (default: fanout latency idle churn slow slow-overflow ws-crates)
+# Usage: scripts/bench-compare.sh [scenario...]   (default: fanout fanout-saturation latency idle churn slow slow-overflow ws-crates)
 # Environment:
 #   TARGETS=herald,herald-memory,socketio,nats   what compare runs, in order (first herald* = baseline)
 #   SUBSCRIBERS=1000  IDLE_CONNECTIONS=19000  FANOUT_MESSAGES=4000  WORK=/tmp/herald-bench-compare
@@ -21,7 +21,7 @@ FANOUT_MESSAGES=${FANOUT_MESSAGES:-4000}
 WORK=${WORK:-/tmp/herald-bench-compare}
 PEERS_NODE=${PEERS_NODE:-/tmp/peers/node}
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fanout latency idle churn slow slow-overflow ws-crates)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fanout fanout-saturation latency idle churn slow slow-overflow ws-crates)
 mkdir -p "$WORK"
 log() { echo "bench-compare: $*" >&2; }
 
@@ -59,6 +59,11 @@ for scenario in "${SCENARIOS[@]}"; do
   case $scenario in
     # Offered 2,000 publications/s x N subscribers; what each server sustains is measured.
     fanout) compare fanout fanout -n "$N" -m "$FANOUT_MESSAGES" --rate 2000 --timeout 90 ;;
+    # More offered than any target takes, each publishing over its own client protocol on one
+    # WebSocket connection (Herald's publish command, NATS PUB): what each server's fan-out
+    # sustains when the publisher is not the limit.
+    fanout-saturation)
+      compare fanout-saturation fanout -n "$N" -m 15000 --rate 20000 --publish-over ws --timeout 90 ;;
     latency) compare latency latency -n "$N" -m 1000 --rate 100 --timeout 90 ;;
     idle) compare idle idle -n "$IDLE" --duration 5 --timeout 180 ;;
     churn) compare churn churn --duration 10 --concurrency 64 ;;
