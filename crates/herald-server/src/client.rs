@@ -203,11 +203,14 @@ impl Session {
             let (id, method) = command.into_method();
             let name = method.name();
             let started = Instant::now();
-            if let Method::Publish(request) = method {
+            let method = match method {
                 // Timed when its reply goes out, which may be after later commands started.
-                self.publish_command(id, request, started).await;
-                continue;
-            }
+                Method::Publish(request) if self.authenticated => {
+                    self.publish_command(id, request, started).await;
+                    continue;
+                }
+                method => method,
+            };
             if !matches!(method, Method::Pong) {
                 // Whatever a client sends after its publishes sees them done, as it would if
                 // each had waited for its reply.

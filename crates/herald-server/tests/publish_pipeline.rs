@@ -201,3 +201,16 @@ async fn a_burst_of_client_publishes_reaches_subscribers_in_order() {
     assert_eq!(subscriber.publication("chat:burst").await["data"]["n"], json!("lone"));
     server.stop().await.expect("stopped");
 }
+
+#[tokio::test]
+async fn a_publish_before_connect_ends_the_connection_and_publishes_nothing() {
+    let mut config = config();
+    config.client.insecure = true;
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    client.send(json!({"publish": {"channel": "chat:early", "data": {"n": 1}}})).await;
+    assert_eq!(client.closed().await.code, 3501);
+    let history = server.api("history", json!({"channel": "chat:early", "limit": -1})).await;
+    assert_eq!(history["result"]["publications"].as_array().map(Vec::len).unwrap_or(0), 0, "{history}");
+    server.stop().await.expect("stopped");
+}
