@@ -8,6 +8,7 @@ mod common;
 
 use async_trait::async_trait;
 use common::*;
+use herald_config::{Namespace, NamespaceOptions};
 use herald_core::protocol::{ClientInfo, Publication};
 use herald_server::engine::memory::MemoryBroker;
 use herald_server::engine::{
@@ -178,27 +179,33 @@ async fn a_refused_publish_is_answered_in_its_place() {
 
 /// The in-memory engine fans out as it publishes; a client's burst is fanned out when the burst
 /// ends (nothing more to read), so everything arrives, in order, and a lone publish after it
-/// goes out by itself.
+/// goes out by itself. The same with a channel that keeps no history (no offsets to order by).
 #[tokio::test]
 async fn a_burst_of_client_publishes_reaches_subscribers_in_order() {
     let mut config = config();
     config.client.insecure = true;
+    config
+        .channel
+        .namespaces
+        .push(Namespace { name: "live".into(), options: NamespaceOptions { history_size: 0, ..open_namespace() } });
     let server = TestServer::start(config).await;
-    let mut subscriber = server.connected("").await;
-    subscriber.call(json!({"subscribe": {"channel": "chat:burst"}})).await;
-    let mut publisher = server.connected("").await;
-    let burst: Vec<String> = (1..=150)
-        .map(|n| json!({"id": 100 + n, "publish": {"channel": "chat:burst", "data": {"n": n}}}).to_string())
-        .collect();
-    publisher.send_raw(&burst.join("\n")).await;
-    let answers = replies(&mut publisher, 150).await;
-    assert_eq!(ids(&answers), (101..=250).collect::<Vec<u64>>());
-    for n in 1..=150 {
-        let publication = subscriber.publication("chat:burst").await;
-        assert_eq!(publication["data"]["n"], json!(n), "in the order published: {publication}");
+    for channel in ["chat:burst", "live:burst"] {
+        let mut subscriber = server.connected("").await;
+        subscriber.call(json!({"subscribe": {"channel": channel}})).await;
+        let mut publisher = server.connected("").await;
+        let burst: Vec<String> = (1..=150)
+            .map(|n| json!({"id": 100 + n, "publish": {"channel": channel, "data": {"n": n}}}).to_string())
+            .collect();
+        publisher.send_raw(&burst.join("\n")).await;
+        let answers = replies(&mut publisher, 150).await;
+        assert_eq!(ids(&answers), (101..=250).collect::<Vec<u64>>());
+        for n in 1..=150 {
+            let publication = subscriber.publication(channel).await;
+            assert_eq!(publication["data"]["n"], json!(n), "in the order published on {channel}: {publication}");
+        }
+        publisher.call(json!({"publish": {"channel": channel, "data": {"n": "lone"}}})).await;
+        assert_eq!(subscriber.publication(channel).await["data"]["n"], json!("lone"));
     }
-    publisher.call(json!({"publish": {"channel": "chat:burst", "data": {"n": "lone"}}})).await;
-    assert_eq!(subscriber.publication("chat:burst").await["data"]["n"], json!("lone"));
     server.stop().await.expect("stopped");
 }
 

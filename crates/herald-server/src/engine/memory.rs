@@ -227,8 +227,11 @@ impl Broker for MemoryBroker {
             }
         }
         let position = if options.history_size == 0 {
+            // No offset to order by: the lane keeps the order publications were queued in, and
+            // what queues behind a fan-out goes out with it.
             publication.offset = 0;
-            handler.handle_publication(channel, Arc::new(publication));
+            handler.queue_publication(channel, Arc::new(publication));
+            handler.flush_publications(channel);
             StreamPosition::default()
         } else {
             let stream = self.stream(channel);
