@@ -37,6 +37,8 @@ const MAX_BATCH: usize = 4096;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Most expired publications one sweep removes, so a sweep never holds up commits for long.
 const SWEEP_LIMIT: usize = 10_000;
+/// A commit this slow is logged: every publish in it waited that long to be delivered.
+const SLOW_COMMIT: Duration = Duration::from_millis(250);
 /// When a sweep hit its limit, the next one comes this soon.
 const SWEEP_AGAIN: Duration = Duration::from_millis(100);
 
@@ -290,7 +292,16 @@ fn write_loop(
             Fsync::Always => true,
             Fsync::Interval(period) => last_flush.elapsed() >= period,
         };
+        let started = Instant::now();
         let outcome = commit(&db, &batch, sweep, durable);
+        let took = started.elapsed();
+        // Every publish of the batch waited this long before it could fan out: the store's
+        // share of publish-to-delivery latency, and where a slow disk shows.
+        metrics::histogram!("herald_store_commit_seconds", "durable" => if durable { "yes" } else { "no" })
+            .record(took.as_secs_f64());
+        if took >= SLOW_COMMIT {
+            tracing::warn!(took_ms = took.as_millis() as u64, items = batch.len(), sweep, durable, "slow store commit");
+        }
         if sweep {
             last_sweep = Instant::now();
             // More expired than one sweep takes: come back soon rather than stall one commit.
