@@ -55,6 +55,18 @@ impl Drop for Server {
     }
 }
 
+/// The body of a plain HTTP/1.0 GET (the server closes the connection after answering).
+fn http_get(base: &str, path: &str) -> String {
+    use std::io::Write;
+    let address = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
 /// Distinct per call within this process, so parallel tests never share a data directory.
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +144,17 @@ fn publish_and_subscribe_through_the_binary() {
     assert_eq!(lines.len(), 2, "{output}");
     assert_eq!(lines[0]["data"], serde_json::json!({"n": 1}));
     assert_eq!(lines[1]["data"], serde_json::json!({"n": 2}));
+
+    // Both publishes went through the durable store's commits, which /metrics counts.
+    let metrics = http_get(&server.url, "/metrics");
+    let commits: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("herald_store_commit_seconds_count{durable=\"yes\"} "))
+        .unwrap_or_else(|| panic!("no durable commit count in /metrics:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(commits >= 2, "{commits} durable commits for two publishes");
 
     // A wrong API key is refused with a clear message.
     let (ok, _, err) = run(&["publish", "news", "{}", "--url", &server.url, "--api-key", "wrong"], &[]);
