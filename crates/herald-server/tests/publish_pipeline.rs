@@ -87,11 +87,20 @@ impl Broker for GatedBroker {
     }
 }
 
-async fn server(broker: Arc<GatedBroker>) -> TestServer {
+/// A server on the gated engine and a client connected to it.
+async fn gated() -> (Arc<GatedBroker>, TestServer, Client) {
+    let broker = GatedBroker::new();
     let mut config = config();
     config.client.insecure = true;
-    let node = Node::builder(config).broker(broker).build().expect("node");
-    TestServer::start_node(node).await
+    let node = Node::builder(config).broker(broker.clone()).build().expect("node");
+    let server = TestServer::start_node(node).await;
+    let client = server.connected("").await;
+    (broker, server, client)
+}
+
+/// Sends a publish of `{"n": n}` and returns its id.
+async fn publish(client: &mut Client, channel: &str, n: u64) -> u64 {
+    u64::from(client.send(json!({"publish": {"channel": channel, "data": {"n": n}}})).await)
 }
 
 /// Reads until `count` replies arrived and returns them in arrival order; publications are kept
@@ -110,14 +119,12 @@ fn ids(replies: &[Value]) -> Vec<u64> {
 
 #[tokio::test]
 async fn publishes_of_one_connection_wait_together_and_are_answered_in_order() {
-    let broker = GatedBroker::new();
-    let server = server(broker.clone()).await;
-    let mut client = server.connected("").await;
+    let (broker, server, mut client) = gated().await;
     client.call(json!({"subscribe": {"channel": "chat:pipe"}})).await;
 
     let mut sent = Vec::new();
     for n in 0..3 {
-        sent.push(u64::from(client.send(json!({"publish": {"channel": "chat:pipe", "data": {"n": n}}})).await));
+        sent.push(publish(&mut client, "chat:pipe", n).await);
     }
     // Answered one at a time, the second publish would not reach the engine before the first
     // was answered, and this would time out.
@@ -137,16 +144,14 @@ async fn publishes_of_one_connection_wait_together_and_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_command_after_publishes_waits_for_their_answers() {
-    let broker = GatedBroker::new();
-    let server = server(broker.clone()).await;
-    let mut client = server.connected("").await;
-    let first = client.send(json!({"publish": {"channel": "chat:after", "data": {"n": 1}}})).await;
-    let second = client.send(json!({"publish": {"channel": "chat:after", "data": {"n": 2}}})).await;
+    let (broker, server, mut client) = gated().await;
+    let first = publish(&mut client, "chat:after", 1).await;
+    let second = publish(&mut client, "chat:after", 2).await;
     broker.until_waiting(2).await;
     let history = client.send(json!({"history": {"channel": "chat:after", "limit": -1}})).await;
     broker.gate.add_permits(2);
     let answers = replies(&mut client, 3).await;
-    assert_eq!(ids(&answers), [first, second, history].map(u64::from));
+    assert_eq!(ids(&answers), [first, second, u64::from(history)]);
     let data: Vec<&Value> = answers[2]["history"]["publications"]
         .as_array()
         .unwrap_or_else(|| panic!("a history page: {}", answers[2]))
@@ -159,10 +164,8 @@ async fn a_command_after_publishes_waits_for_their_answers() {
 
 #[tokio::test]
 async fn a_refused_publish_is_answered_in_its_place() {
-    let broker = GatedBroker::new();
-    let server = server(broker.clone()).await;
-    let mut client = server.connected("").await;
-    let first = client.send(json!({"publish": {"channel": "chat:refused", "data": {"n": 1}}})).await;
+    let (broker, server, mut client) = gated().await;
+    let first = publish(&mut client, "chat:refused", 1).await;
     broker.until_waiting(1).await;
     // No data: refused before it reaches the engine, but answered after the one ahead of it.
     let refused = client.send(json!({"publish": {"channel": "chat:refused"}})).await;
@@ -173,7 +176,7 @@ async fn a_refused_publish_is_answered_in_its_place() {
         .iter()
         .map(|r| (r["id"].as_u64().expect("id"), r.get("error").is_some()))
         .collect();
-    assert_eq!(order, [(u64::from(first), false), (u64::from(refused), true), (u64::from(ping), false)]);
+    assert_eq!(order, [(first, false), (u64::from(refused), true), (u64::from(ping), false)]);
     server.stop().await.expect("stopped");
 }
 
