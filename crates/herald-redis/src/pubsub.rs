@@ -87,6 +87,39 @@ fn parse(payload: &[u8]) -> Result<Message, String> {
     }
 }
 
+/// Channels whose publications were queued in the node's lanes and must still fan out. The
+/// fan-out happens when this is dropped, on every path out (an error or a cancelled read
+/// included): publications are queued under the shard's lock, to keep their order, and fan out
+/// after it is released, and those of a burst of messages go to each subscriber together.
+struct Flushes<'a> {
+    inner: &'a Inner,
+    channels: Vec<String>,
+}
+
+impl<'a> Flushes<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        Self { inner, channels: Vec::new() }
+    }
+
+    fn note(&mut self, channel: &str) {
+        if !self.channels.iter().any(|noted| noted == channel) {
+            self.channels.push(channel.to_owned());
+        }
+    }
+}
+
+impl Drop for Flushes<'_> {
+    fn drop(&mut self) {
+        let Some(handler) = self.inner.handler() else { return };
+        for channel in self.channels.drain(..) {
+            handler.flush_publications(&channel);
+        }
+    }
+}
+
+/// Messages handled before their channels fan out when more are already waiting.
+const BURST: usize = 64;
+
 fn unavailable(what: &str) -> EngineError {
     EngineError::Unavailable(format!("redis pub/sub {what}"))
 }
@@ -135,8 +168,9 @@ pub(crate) async fn subscribe(inner: &Inner, shard: &Shard, channel: &str) -> Re
         }
         std::mem::take(&mut state.early)
     };
+    let mut flushes = Flushes::new(inner);
     for incoming in early {
-        deliver_in_order(inner, shard, channel, incoming).await;
+        deliver_in_order(inner, shard, channel, incoming, &mut flushes).await;
     }
     Ok(())
 }
@@ -191,7 +225,7 @@ pub(crate) async fn delivered_position(shard: &Shard, channel: &str, top: &Strea
 
 /// Delivers `incoming` if it is the next offset, drops it if it was delivered, and otherwise
 /// catches the channel up from the stream (which holds `incoming` too).
-async fn deliver_in_order(inner: &Inner, shard: &Shard, channel: &str, incoming: Incoming) {
+async fn deliver_in_order(inner: &Inner, shard: &Shard, channel: &str, incoming: Incoming, flushes: &mut Flushes<'_>) {
     {
         let mut channels = shard.channels.lock();
         let Some(state) = channels.get_mut(channel) else { return };
@@ -206,7 +240,7 @@ async fn deliver_in_order(inner: &Inner, shard: &Shard, channel: &str, incoming:
             if incoming.offset == last.offset + 1 {
                 last.offset = incoming.offset;
                 // Under the lock, as every path that advances `last`: deliveries stay in order.
-                deliver(inner, channel, incoming.offset, &incoming.payload);
+                deliver(inner, channel, incoming.offset, &incoming.payload, flushes);
                 drop(channels);
                 shard.delivered.notify_waiters();
                 return;
@@ -215,29 +249,33 @@ async fn deliver_in_order(inner: &Inner, shard: &Shard, channel: &str, incoming:
     }
     metrics::counter!("herald_redis_gap_fills_total").increment(1);
     tracing::debug!(%channel, offset = incoming.offset, "out-of-order publication; catching up from the stream");
-    if let Err(error) = catch_up(inner, shard, channel).await {
+    if let Err(error) = catch_up(inner, shard, channel, flushes).await {
         tracing::warn!(%channel, %error, "cannot catch up from the stream; retrying with the next publication");
     }
 }
 
-fn deliver(inner: &Inner, channel: &str, offset: u64, payload: &[u8]) {
+/// Queues a publication in the node's lane for `channel`; it fans out when `flushes` is dropped.
+fn deliver(inner: &Inner, channel: &str, offset: u64, payload: &[u8], flushes: &mut Flushes<'_>) {
     let Some(handler) = inner.handler() else { return };
     match crate::decode_publication(offset, payload) {
-        Ok(publication) => handler.handle_publication(channel, Arc::new(publication)),
+        Ok(publication) => {
+            handler.queue_publication(channel, Arc::new(publication));
+            flushes.note(channel);
+        }
         Err(error) => tracing::error!(%channel, offset, %error, "undecodable publication skipped"),
     }
 }
 
 /// Reads what this node has not delivered of `channel` and delivers it in order; tells the
 /// node's subscribers to resubscribe when part of it is gone.
-async fn catch_up(inner: &Inner, shard: &Shard, channel: &str) -> Result<(), EngineError> {
+async fn catch_up(inner: &Inner, shard: &Shard, channel: &str, flushes: &mut Flushes<'_>) -> Result<(), EngineError> {
     let Some(last) = shard.channels.lock().get(channel).and_then(|s| s.last.clone()) else { return Ok(()) };
     let read = inner.read_stream(channel, "forward", last.offset, 0).await?;
-    apply_catch_up(inner, shard, channel, read);
+    apply_catch_up(inner, shard, channel, read, flushes);
     Ok(())
 }
 
-fn apply_catch_up(inner: &Inner, shard: &Shard, channel: &str, read: StreamRead) {
+fn apply_catch_up(inner: &Inner, shard: &Shard, channel: &str, read: StreamRead, flushes: &mut Flushes<'_>) {
     let mut lost = false;
     let mut deliveries = Vec::new();
     {
@@ -267,7 +305,8 @@ fn apply_catch_up(inner: &Inner, shard: &Shard, channel: &str, read: StreamRead)
         // `last` under it too, so deliveries stay in order.
         if let Some(handler) = inner.handler() {
             for publication in deliveries {
-                handler.handle_publication(channel, publication);
+                handler.queue_publication(channel, publication);
+                flushes.note(channel);
             }
         }
     }
@@ -304,14 +343,14 @@ async fn check_all(inner: &Inner, shard: &Shard) -> Result<(), EngineError> {
                 Some(epoch) => epoch != last.epoch || top.unwrap_or(0) > last.offset,
             };
             if behind {
-                catch_up(inner, shard, channel).await?;
+                catch_up(inner, shard, channel, &mut Flushes::new(inner)).await?;
             }
         }
     }
     Ok(())
 }
 
-async fn handle(inner: &Inner, shard: &Shard, message: redis::Msg) {
+async fn handle(inner: &Inner, shard: &Shard, message: redis::Msg, flushes: &mut Flushes<'_>) {
     let Some(channel) = message.get_channel_name().strip_prefix(&inner.keys.pubsub_prefix()).map(str::to_owned) else {
         return;
     };
@@ -330,8 +369,10 @@ async fn handle(inner: &Inner, shard: &Shard, message: redis::Msg) {
         Message::Join(info) => handler.handle_join(&channel, &info),
         Message::Leave(info) => handler.handle_leave(&channel, &info),
         // Without history there is no order to keep or recover.
-        Message::Publication(incoming) if incoming.offset == 0 => deliver(inner, &channel, 0, &incoming.payload),
-        Message::Publication(incoming) => deliver_in_order(inner, shard, &channel, incoming).await,
+        Message::Publication(incoming) if incoming.offset == 0 => {
+            deliver(inner, &channel, 0, &incoming.payload, flushes)
+        }
+        Message::Publication(incoming) => deliver_in_order(inner, shard, &channel, incoming, flushes).await,
     }
 }
 
@@ -387,12 +428,30 @@ pub(crate) async fn run(inner: Weak<Inner>, shard: Arc<Shard>, shutdown: Cancell
         };
         drop(strong);
         loop {
-            use futures_util::StreamExt;
+            use futures_util::{FutureExt, StreamExt};
             tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let Some(strong) = inner.upgrade() else { return };
-                    handle(&strong, &shard, message).await;
+                    let mut flushes = Flushes::new(&strong);
+                    handle(&strong, &shard, message, &mut flushes).await;
+                    // Messages already received join this one: what they queue in a channel's
+                    // lane goes to each subscriber as one frame.
+                    let mut ended = false;
+                    for _ in 1..BURST {
+                        match stream.next().now_or_never() {
+                            Some(Some(message)) => handle(&strong, &shard, message, &mut flushes).await,
+                            Some(None) => {
+                                ended = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    drop(flushes);
+                    if ended {
+                        break;
+                    }
                 }
                 _ = tokio::time::sleep_until(next_check) => {
                     let Some(strong) = inner.upgrade() else { return };

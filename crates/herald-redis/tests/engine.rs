@@ -43,9 +43,13 @@ enum Event {
     Resubscribe(String),
 }
 
+/// What the engine delivers, as a node's handler takes it: publications queued in a channel's
+/// lane count as delivered only once the engine flushes the channel, so every test here also
+/// checks that no path leaves a publication queued.
 #[derive(Default)]
 struct Collect {
     events: Mutex<Vec<Event>>,
+    queued: Mutex<Vec<(String, u64)>>,
     changed: tokio::sync::Notify,
 }
 
@@ -92,6 +96,18 @@ fn offsets(events: &[Event], channel: &str) -> Vec<u64> {
 impl BrokerEventHandler for Collect {
     fn handle_publication(&self, channel: &str, publication: Arc<Publication>) {
         self.push(Event::Publication(channel.to_owned(), publication.offset));
+    }
+    fn queue_publication(&self, channel: &str, publication: Arc<Publication>) {
+        self.queued.lock().push((channel.to_owned(), publication.offset));
+    }
+    fn flush_publications(&self, channel: &str) {
+        let mut queued = self.queued.lock();
+        let (flushed, kept): (Vec<_>, Vec<_>) = queued.drain(..).partition(|(queued, _)| queued == channel);
+        *queued = kept;
+        drop(queued);
+        for (channel, offset) in flushed {
+            self.push(Event::Publication(channel, offset));
+        }
     }
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
         self.push(Event::Join(channel.to_owned(), info.client.clone()));
