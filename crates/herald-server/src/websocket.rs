@@ -209,6 +209,11 @@ async fn session_loop(
             event
         })
         .await;
+        if !matches!(event, Event::Frame(_)) {
+            // An order or a deadline may take a while (a server-side subscribe reads history):
+            // the burst it interrupted goes out first.
+            session.flush_deferred();
+        }
         let result = match event {
             Event::Frame(text) => {
                 timers.pong_deadline = None;
