@@ -147,6 +147,17 @@ struct Pipeline {
     deferred_publishes: usize,
 }
 
+impl Pipeline {
+    /// The oldest publish, if it is done: replies go out in the order the client sent.
+    fn pop_done(&mut self) -> Option<(u32, Instant, Result<(), ProtocolError>)> {
+        let done = self.publishes.pop_front_if(|publish| matches!(publish.state, PublishState::Done(_)))?;
+        match done.state {
+            PublishState::Done(result) => Some((done.id, done.started, result)),
+            PublishState::Waiting(_) => None,
+        }
+    }
+}
+
 type CommandResult = Result<(), Disconnect>;
 
 /// The built-in RPC method of acknowledged delivery.
@@ -302,16 +313,8 @@ impl Session {
                 }
             }
         }
-        loop {
-            let Some(pipeline) = self.pipeline.as_deref_mut() else { return Poll::Ready(()) };
-            if !matches!(pipeline.publishes.front(), Some(InFlightPublish { state: PublishState::Done(_), .. })) {
-                break;
-            }
-            if let Some(InFlightPublish { id, started, state: PublishState::Done(result) }) =
-                pipeline.publishes.pop_front()
-            {
-                self.reply_publish(id, started, result);
-            }
+        while let Some((id, started, result)) = self.pipeline.as_deref_mut().and_then(Pipeline::pop_done) {
+            self.reply_publish(id, started, result);
         }
         if self.in_flight() == 0 {
             Poll::Ready(())
