@@ -214,21 +214,17 @@ impl Session {
             let (id, method) = command.into_method();
             let name = method.name();
             let started = Instant::now();
-            let method = match method {
-                // Timed when its reply goes out, which may be after later commands started.
-                Method::Publish(request) if self.authenticated => {
-                    self.publish_command(id, request, started).await;
-                    continue;
-                }
-                method => method,
-            };
-            if !matches!(method, Method::Pong) {
+            // A publish is timed when its reply goes out, which may be after later commands.
+            let publish = matches!(method, Method::Publish(_));
+            if !publish && !matches!(method, Method::Pong) {
                 // Whatever a client sends after its publishes sees them done, as it would if
                 // each had waited for its reply.
                 self.settle_publishes().await;
             }
-            self.handle_command(id, method).await?;
-            metrics::command(name, started.elapsed());
+            self.handle_command(id, method, started).await?;
+            if !publish {
+                metrics::command(name, started.elapsed());
+            }
         }
         Ok(())
     }
@@ -257,16 +253,17 @@ impl Session {
             })
             .await;
         }
-        let node = self.node.clone();
-        let mut future: PublishFuture = Box::pin(async move { node.publish(publish, "client").await.map(|_| ()) });
-        // This first poll fixes the publication's place in its channel's stream; an engine that
-        // fans out as it publishes leaves the fan-out to the end of the client's burst.
+        // The fan-out waits for the end of the client's burst, so that what the burst queues in
+        // the channel's lane goes to each subscriber together.
         let pipeline = self.pipeline.get_or_insert_with(Box::default);
-        let deferred = &mut pipeline.deferred_flushes;
-        let first = std::future::poll_fn(|cx| {
-            Poll::Ready(crate::delivery::deferring_flushes(deferred, || future.as_mut().poll(cx)))
-        })
-        .await;
+        if !pipeline.deferred_flushes.contains(&publish.channel) {
+            pipeline.deferred_flushes.push(publish.channel.clone());
+        }
+        let node = self.node.clone();
+        let mut future: PublishFuture =
+            Box::pin(async move { node.publish_with(publish, "client", true).await.map(|_| ()) });
+        // This first poll fixes the publication's place in its channel's stream.
+        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
         pipeline.deferred_publishes += 1;
         if pipeline.deferred_publishes >= DEFERRED_PUBLISHES {
             self.flush_deferred();
@@ -340,7 +337,7 @@ impl Session {
         std::future::poll_fn(|cx| self.poll_publishes(cx)).await
     }
 
-    async fn handle_command(&mut self, id: u32, method: Method) -> CommandResult {
+    async fn handle_command(&mut self, id: u32, method: Method, started: Instant) -> CommandResult {
         if !self.authenticated {
             return match method {
                 Method::Connect(request) => self.connect(id, request).await,
@@ -367,7 +364,7 @@ impl Session {
                 Ok(())
             }
             Method::Publish(request) => {
-                self.publish_command(id, request, Instant::now()).await;
+                self.publish_command(id, request, started).await;
                 Ok(())
             }
             Method::Presence(request) => {

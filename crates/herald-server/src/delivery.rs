@@ -29,7 +29,6 @@ use herald_config::{Config, NamespaceOptions};
 use herald_core::channel::ChannelName;
 use herald_core::protocol::{ClientInfo, Publication};
 use parking_lot::Mutex;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -52,31 +51,6 @@ pub(crate) struct HubDelivery {
 struct Lane {
     queued: Vec<Arc<Publication>>,
     flushing: bool,
-}
-
-thread_local! {
-    /// Channels whose lane flush this thread put off, while [`deferring_flushes`] runs.
-    static DEFERRED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
-}
-
-/// Runs `publish` with this thread's lane flushes put off: the channels it would have flushed are
-/// added to `deferred`, for the caller to flush once its burst of publishes is over. A client
-/// that sends many publishes at once is handled one command at a time by one task, so without
-/// this each publication fanned out alone; deferred, what a burst queued in a lane goes to each
-/// subscriber as one frame, as when publishers overlap.
-pub(crate) fn deferring_flushes<T>(deferred: &mut Vec<String>, publish: impl FnOnce() -> T) -> T {
-    /// Ends the deferral even if `publish` panics, so this thread's later flushes happen.
-    struct Restore<'a>(&'a mut Vec<String>);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            if let Some(channels) = DEFERRED.with(|cell| cell.borrow_mut().take()) {
-                *self.0 = channels;
-            }
-        }
-    }
-    DEFERRED.with(|cell| *cell.borrow_mut() = Some(std::mem::take(deferred)));
-    let _restore = Restore(deferred);
-    publish()
 }
 
 /// Most publications that queued up behind a fan-out and go to a subscriber as one frame.
@@ -161,21 +135,9 @@ impl HubDelivery {
         }
     }
 
-    /// Fans out what is queued for `channel`, round after round, unless another caller is at it
-    /// or this thread is deferring flushes (see [`deferring_flushes`]).
+    /// Fans out what is queued for `channel`, round after round, unless another caller is at it.
     pub fn flush_publications(&self, channel: &str) {
-        let deferred = DEFERRED.with(|cell| match cell.borrow_mut().as_mut() {
-            Some(channels) => {
-                if !channels.iter().any(|deferred| deferred == channel) {
-                    channels.push(channel.to_owned());
-                }
-                true
-            }
-            None => false,
-        });
-        if !deferred {
-            self.flush_lane(channel, false);
-        }
+        self.flush_lane(channel, false);
     }
 
     /// `flushing`: this caller already owns the lane (a task that took over).
@@ -444,40 +406,5 @@ mod tests {
         delivery.queue_publication("ch", publication(2, Priority::Normal));
         delivery.flush_lane("ch", true);
         assert_eq!(client.take_offsets(), vec![vec![1, 2]]);
-    }
-
-    #[test]
-    fn deferred_flushes_send_a_burst_as_one_frame() {
-        let (delivery, client) = delivery_with_subscriber();
-        let publish = |offset| {
-            delivery.queue_publication("ch", publication(offset, Priority::Normal));
-            delivery.flush_publications("ch");
-        };
-        publish(1);
-        publish(2);
-        assert_eq!(client.take_offsets(), vec![vec![1], vec![2]], "each publication alone when not deferred");
-        let mut deferred = Vec::new();
-        for offset in 3..=5 {
-            deferring_flushes(&mut deferred, || publish(offset));
-        }
-        assert!(client.take_offsets().is_empty(), "nothing fans out while deferred");
-        assert_eq!(deferred, ["ch"], "the channel is listed once");
-        delivery.flush_publications("ch");
-        assert_eq!(client.take_offsets(), vec![vec![3, 4, 5]]);
-        publish(6);
-        assert_eq!(client.take_offsets(), vec![vec![6]], "flushes are not deferred after the burst");
-    }
-
-    #[test]
-    fn a_panic_while_deferring_ends_the_deferral() {
-        let (delivery, client) = delivery_with_subscriber();
-        let mut deferred = Vec::new();
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            deferring_flushes(&mut deferred, || -> () { panic!("a publish failed") })
-        }));
-        assert!(panicked.is_err());
-        delivery.queue_publication("ch", publication(1, Priority::Normal));
-        delivery.flush_publications("ch");
-        assert_eq!(client.take_offsets(), vec![vec![1]]);
     }
 }

@@ -571,12 +571,27 @@ impl NodeInner {
             history_ttl: options.history_ttl,
             history_meta_ttl: options.history_meta_ttl,
             idempotency_key,
+            defer_fan_out: false,
         }
     }
 
     pub async fn publish(&self, publish: Publish, source: &'static str) -> Result<PublishResult, ProtocolError> {
+        self.publish_with(publish, source, false).await
+    }
+
+    /// `defer_fan_out`: the caller flushes the channel with `delivery.flush_publications` once
+    /// its burst is over (see [`PublishOptions::defer_fan_out`]).
+    pub async fn publish_with(
+        &self,
+        publish: Publish,
+        source: &'static str,
+        defer_fan_out: bool,
+    ) -> Result<PublishResult, ProtocolError> {
         let options = self.channel_options(&publish.channel)?;
-        let publish_options = Self::publish_options(options, publish.skip_history, publish.idempotency_key);
+        let publish_options = PublishOptions {
+            defer_fan_out,
+            ..Self::publish_options(options, publish.skip_history, publish.idempotency_key)
+        };
         if let Some(audience) = &publish.audience {
             if audience.users.is_empty() && audience.roles.is_empty() {
                 return Err(ProtocolError::bad_request().with_message("audience names no users and no roles"));

@@ -231,7 +231,9 @@ impl Broker for MemoryBroker {
             // what queues behind a fan-out goes out with it.
             publication.offset = 0;
             handler.queue_publication(channel, Arc::new(publication));
-            handler.flush_publications(channel);
+            if !options.defer_fan_out {
+                handler.flush_publications(channel);
+            }
             StreamPosition::default()
         } else {
             let stream = self.stream(channel);
@@ -240,7 +242,9 @@ impl Broker for MemoryBroker {
             publication.offset = position.offset;
             Self::make_visible(&mut stream, handler, channel, Arc::new(publication), options, now);
             drop(stream);
-            handler.flush_publications(channel);
+            if !options.defer_fan_out {
+                handler.flush_publications(channel);
+            }
             position
         };
         if let Some(key) = &options.idempotency_key {
@@ -513,5 +517,48 @@ mod tests {
         assert_eq!(presence.presence_stats("c").await.unwrap(), PresenceStats { num_clients: 3, num_users: 2 });
         presence.remove_presence("c", "a").await.unwrap();
         assert_eq!(presence.presence("c").await.unwrap().len(), 2);
+    }
+
+    /// A handler with lanes: queued publications leave in one group per flush.
+    #[derive(Default)]
+    struct Lanes {
+        queued: Mutex<Vec<u64>>,
+        flushed: Mutex<Vec<Vec<u64>>>,
+    }
+
+    impl BrokerEventHandler for Lanes {
+        fn handle_publication(&self, _: &str, publication: Arc<Publication>) {
+            self.flushed.lock().push(vec![publication.offset]);
+        }
+        fn queue_publication(&self, _: &str, publication: Arc<Publication>) {
+            self.queued.lock().push(publication.offset);
+        }
+        fn flush_publications(&self, _: &str) {
+            let group = std::mem::take(&mut *self.queued.lock());
+            if !group.is_empty() {
+                self.flushed.lock().push(group);
+            }
+        }
+        fn handle_join(&self, _: &str, _: &ClientInfo) {}
+        fn handle_leave(&self, _: &str, _: &ClientInfo) {}
+        fn handle_resubscribe(&self, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn a_deferred_fan_out_waits_for_the_callers_flush() {
+        let broker = MemoryBroker::new();
+        let lanes = Arc::new(Lanes::default());
+        broker.register_handler(lanes.clone());
+        broker.publish("c", publication(1), &kept(10)).await.unwrap();
+        assert_eq!(*lanes.flushed.lock(), vec![vec![1]], "flushed by publish itself");
+        let deferred = PublishOptions { defer_fan_out: true, ..kept(10) };
+        for n in 2..=4 {
+            broker.publish("c", publication(n), &deferred).await.unwrap();
+        }
+        let unkept = PublishOptions { defer_fan_out: true, ..Default::default() };
+        broker.publish("c", publication(5), &unkept).await.unwrap();
+        assert_eq!(lanes.flushed.lock().len(), 1, "deferred publishes only queue");
+        lanes.flush_publications("c");
+        assert_eq!(*lanes.flushed.lock(), vec![vec![1], vec![2, 3, 4, 0]]);
     }
 }

@@ -39,6 +39,11 @@ pub struct PublishOptions {
     pub history_meta_ttl: Duration,
     /// A repeated key within [`IDEMPOTENCY_WINDOW`] returns the first result without delivering.
     pub idempotency_key: Option<String>,
+    /// The caller flushes the channel's fan-out itself (`flush_publications` on the node's
+    /// handler) once its burst of publishes is over, so that what the burst queued goes to each
+    /// subscriber together. An engine that fans out inside `publish` only queues; the others may
+    /// ignore it (a flush with nothing queued does nothing).
+    pub defer_fan_out: bool,
 }
 
 /// How long `idempotency_key` remembers a publish.
