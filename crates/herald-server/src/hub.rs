@@ -48,23 +48,27 @@ impl Subscription {
     }
 
     /// Queues `frame` (holding `publications`), or buffers the publications while the
-    /// subscription is pending. False when the frame was not queued (shed, or the client is
-    /// being disconnected as slow).
-    fn deliver(&self, publications: &[&Arc<Publication>], frame: &Arc<PublicationFrame>) -> bool {
+    /// subscription is pending.
+    fn deliver(&self, publications: &[&Arc<Publication>], frame: &Arc<PublicationFrame>) -> Delivery {
         // Fast path once live: no lock per delivery.
-        if self.live.load(Ordering::Acquire) {
-            return self.client.send_publication(frame.clone()) == Queued::Yes;
-        }
-        let mut pending = self.pending.lock();
-        match pending.as_mut() {
-            Some(buffer) => {
+        if !self.live.load(Ordering::Acquire) {
+            let mut pending = self.pending.lock();
+            if let Some(buffer) = pending.as_mut() {
                 buffer.extend(publications.iter().map(|p| Arc::clone(p)));
-                true
+                return Delivery::Queued;
             }
-            None => {
-                drop(pending);
-                self.client.send_publication(frame.clone()) == Queued::Yes
-            }
+            // It went live while this waited for the lock.
+        }
+        // Only now, after seeing it live: the floor is set before the subscription goes live,
+        // and a broadcaster that read the floor first could miss it and deliver a publication
+        // the subscribe reply already carried.
+        if publications.iter().any(|p| self.covers(p)) {
+            return Delivery::Covered;
+        }
+        if self.client.send_publication(frame.clone()) == Queued::Yes {
+            Delivery::Queued
+        } else {
+            Delivery::NotQueued
         }
     }
 
@@ -115,6 +119,17 @@ pub fn go_live_together(
     for subscription in subscriptions {
         subscription.live.store(true, Ordering::Release);
     }
+}
+
+/// What became of a frame for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Queued, or buffered while the subscription is pending.
+    Queued,
+    /// Shed, or the client is being disconnected as slow.
+    NotQueued,
+    /// The subscribe reply carried some of the publications: nothing was queued.
+    Covered,
 }
 
 /// What one broadcast did.
@@ -411,10 +426,10 @@ impl Hub {
                                 continue;
                             }
                         }
-                        if subscription.covers(publication) {
-                            continue;
+                        match subscription.deliver(&[publication], frame) {
+                            Delivery::Covered => {}
+                            delivery => outcome.count(subscription, delivery == Delivery::Queued, track),
                         }
-                        outcome.count(subscription, subscription.deliver(&[publication], frame), track);
                     }
                 }
                 several => {
@@ -425,38 +440,51 @@ impl Hub {
                     // its subscribe reply covered any of them.
                     let lowest = several.iter().map(|(i, _)| publications[*i].offset).filter(|&o| o != 0).min();
                     for subscription in group.members.values() {
-                        if lowest.is_some_and(|offset| subscription.covers_offset(offset)) {
+                        let delivery = if lowest.is_some_and(|offset| subscription.covers_offset(offset)) {
+                            Delivery::Covered
+                        } else {
+                            let own;
+                            let batched = match &shared {
+                                Some(shared) => shared,
+                                None => {
+                                    let admitted: Vec<(usize, &Arc<PublicationFrame>)> = several
+                                        .iter()
+                                        .filter(|(i, _)| subscription.viewer.admitted(&publications[*i]))
+                                        .copied()
+                                        .collect();
+                                    if admitted.is_empty() {
+                                        continue;
+                                    }
+                                    own = Batched::new(&channel_name, publications, &admitted);
+                                    &own
+                                }
+                            };
+                            let delivery = subscription.deliver(&batched.publications, &batched.frame);
+                            if delivery != Delivery::Covered {
+                                for &index in &batched.indices {
+                                    let queued = delivery == Delivery::Queued;
+                                    outcomes[index].count(subscription, queued, needs_ack(&publications[index]));
+                                }
+                            }
+                            delivery
+                        };
+                        if delivery == Delivery::Covered {
                             // Just subscribed: part of the batch came with the reply. The rest
                             // goes one by one (rare, so not worth a frame of its own).
                             for &(index, frame) in several {
                                 let publication = &publications[index];
-                                if subscription.covers(publication) || !subscription.viewer.admitted(publication) {
+                                if !subscription.viewer.admitted(publication) {
                                     continue;
                                 }
-                                let queued = subscription.deliver(&[publication], frame);
-                                outcomes[index].count(subscription, queued, needs_ack(publication));
-                            }
-                            continue;
-                        }
-                        let own;
-                        let batched = match &shared {
-                            Some(shared) => shared,
-                            None => {
-                                let admitted: Vec<(usize, &Arc<PublicationFrame>)> = several
-                                    .iter()
-                                    .filter(|(i, _)| subscription.viewer.admitted(&publications[*i]))
-                                    .copied()
-                                    .collect();
-                                if admitted.is_empty() {
-                                    continue;
+                                match subscription.deliver(&[publication], frame) {
+                                    Delivery::Covered => {}
+                                    delivery => outcomes[index].count(
+                                        subscription,
+                                        delivery == Delivery::Queued,
+                                        needs_ack(publication),
+                                    ),
                                 }
-                                own = Batched::new(&channel_name, publications, &admitted);
-                                &own
                             }
-                        };
-                        let queued = subscription.deliver(&batched.publications, &batched.frame);
-                        for &index in &batched.indices {
-                            outcomes[index].count(subscription, queued, needs_ack(&publications[index]));
                         }
                     }
                 }
@@ -541,6 +569,45 @@ pub(crate) mod tests {
         hub.broadcast_publication("ch", &publication(2));
         hub.broadcast("ch", &[publication(3), publication(4), publication(5)], None);
         assert_eq!(handle.take_offsets(), vec![vec![4], vec![5]]);
+    }
+
+    /// A publication the subscribe reply carried, racing the subscription going live, reaches
+    /// the client once: through the reply, never again live. (The broadcaster used to read the
+    /// floor before it saw the subscription live, and could miss a floor set in between.)
+    #[test]
+    fn a_publication_racing_the_subscription_going_live_arrives_once() {
+        let barrier = std::sync::Barrier::new(2);
+        for _ in 0..3000 {
+            let hub = Hub::new();
+            let handle = Arc::new(ClientHandle::new("c1", 1 << 20));
+            let subscription = Subscription::new(handle.clone(), false, View::everything(), Viewer::default());
+            hub.add_subscription("ch", subscription.clone());
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    hub.broadcast_publication("ch", &publication(7));
+                    hub.broadcast_publication("ch", &publication(8));
+                });
+                barrier.wait();
+                // The history read for the reply saw the stream up to offset 7.
+                subscription.go_live(|buffered| {
+                    subscription.set_floor(7);
+                    let mut frames = vec![Utf8Bytes::from_static("reply up to 7")];
+                    for later in buffered.iter().filter(|p| p.offset > 7) {
+                        frames.push(Utf8Bytes::from(format!("buffered {}", later.offset)));
+                    }
+                    frames
+                });
+            });
+            let frames: Vec<String> = std::iter::from_fn(|| handle.try_batch())
+                .flat_map(|batch| batch.frames)
+                .map(|frame| frame.as_str().to_owned())
+                .collect();
+            let live_7 = frames.iter().filter(|f| f.contains(r#""offset":7"#)).count();
+            let eights = frames.iter().filter(|f| f.contains(r#""offset":8"#) || *f == "buffered 8").count();
+            assert_eq!(live_7, 0, "offset 7 came with the reply and again live: {frames:?}");
+            assert_eq!(eights, 1, "offset 8 exactly once: {frames:?}");
+        }
     }
 
     #[test]
