@@ -14,6 +14,7 @@ pub mod auth;
 mod channel_map;
 mod client;
 mod delivery;
+mod direct_write;
 pub mod engine;
 pub mod hub;
 mod metrics;

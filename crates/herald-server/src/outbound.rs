@@ -10,6 +10,7 @@
 //! they cannot be queued the client is disconnected with 3008 and recovers from history. Every
 //! shed publication is listed in a gap signal that goes out ahead of the next frames.
 
+use crate::direct_write::Sent;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use herald_core::protocol::{Priority, SubscribeRequest};
@@ -17,6 +18,7 @@ use herald_core::Disconnect;
 use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Waker;
@@ -91,6 +93,8 @@ pub enum Queued {
     Shed,
     /// The client is being disconnected as slow (or is closing); it will recover from history.
     Refused,
+    /// Queued in an idle queue without waking the task: see [`ClientHandle::offer_publication`].
+    ToWrite,
 }
 
 /// Why a publication left the queue without being written, for metrics.
@@ -129,6 +133,13 @@ struct Queue {
     per_priority: [u32; 4],
     gaps: BTreeMap<Arc<str>, Gap>,
     close: Option<Disconnect>,
+    /// The connection's socket, for frames the fan-out writes itself (see `direct_write`); set
+    /// by the connection's task, which takes it away before it closes the socket.
+    socket: Option<RawFd>,
+    /// The task is writing (or its WebSocket library may write): frames must queue behind.
+    writer_busy: bool,
+    /// What the socket did not take of a frame written directly: the task writes it first.
+    partial: Option<Vec<u8>>,
 }
 
 /// What the writer takes from the queue in one go: frames to pack into as few WebSocket frames
@@ -137,9 +148,8 @@ struct Queue {
 pub struct Batch {
     pub frames: Vec<QueuedFrame>,
     pub close: Option<Disconnect>,
-    /// Nothing was left in the queue: whatever arrives next wakes the task, so the writer need
-    /// not look again (and take the lock) before it is woken.
-    pub drained: bool,
+    /// The rest of a frame written directly, to write as it is before anything else.
+    pub partial: Option<Vec<u8>>,
 }
 
 pub struct ClientHandle {
@@ -204,15 +214,22 @@ impl ClientHandle {
     /// Queues a reply or protocol push. These are never shed: when one does not fit even after
     /// shedding, the client is disconnected as slow. Returns false when it was not queued.
     pub fn send(&self, frame: Utf8Bytes) -> bool {
-        self.enqueue(QueuedFrame::Reply(frame)) == Queued::Yes
+        self.enqueue(QueuedFrame::Reply(frame), false) == Queued::Yes
     }
 
     /// Queues a publication frame, degrading the queue by priority when it is full.
     pub fn send_publication(&self, publication: Arc<PublicationFrame>) -> Queued {
-        self.enqueue(QueuedFrame::Publication(publication))
+        self.enqueue(QueuedFrame::Publication(publication), false)
     }
 
-    fn enqueue(&self, entry: QueuedFrame) -> Queued {
+    /// Like [`ClientHandle::send_publication`], for a fan-out that writes to idle connections
+    /// itself: [`Queued::ToWrite`] instead of waking the task means the caller must call
+    /// [`ClientHandle::write_now`] (see `direct_write`).
+    pub fn offer_publication(&self, publication: Arc<PublicationFrame>) -> Queued {
+        self.enqueue(QueuedFrame::Publication(publication), true)
+    }
+
+    fn enqueue(&self, entry: QueuedFrame, offer: bool) -> Queued {
         if self.overflowed.load(Ordering::Relaxed) {
             return Queued::Refused;
         }
@@ -264,6 +281,7 @@ impl ClientHandle {
             }
         }
         let was_idle = queue.entries.is_empty() && queue.gaps.is_empty();
+        let to_write = offer && was_idle && queue.idle_socket().is_some();
         queue.push(entry);
         let over = queue.gap_overflowed();
         drop(queue);
@@ -273,10 +291,63 @@ impl ClientHandle {
         }
         // The task registers its waker before it finds the queue empty, so one wake per
         // empty-to-busy change is enough.
+        if to_write {
+            return Queued::ToWrite;
+        }
         if was_idle {
             self.task.wake();
         }
         Queued::Yes
+    }
+
+    /// Writes what is queued straight to the socket when the task is not writing, or wakes the
+    /// task to write it. Whatever the socket does not take is left to the task.
+    pub fn write_now(&self) {
+        let mut queue = self.queue.lock();
+        let Some(fd) = queue.idle_socket_with_frames() else {
+            drop(queue);
+            self.task.wake();
+            return;
+        };
+        let (count, outcome) = {
+            let mut taken = 0;
+            let count = queue
+                .entries
+                .iter()
+                .take_while(|entry| {
+                    let fits = taken == 0 || taken + entry.len() <= PACK_LIMIT;
+                    taken += entry.len();
+                    fits
+                })
+                .count();
+            let frames: Vec<&[u8]> = queue.entries.iter().take(count).map(|e| e.as_str().as_bytes()).collect();
+            (count, crate::direct_write::send_text(fd, &frames))
+        };
+        match outcome {
+            Ok(Sent::All) => {
+                for _ in 0..count {
+                    queue.remove(0);
+                }
+            }
+            Ok(Sent::Part(rest)) => {
+                for _ in 0..count {
+                    queue.remove(0);
+                }
+                queue.partial = Some(rest);
+                drop(queue);
+                self.task.wake();
+            }
+            Ok(Sent::Nothing) => {
+                drop(queue);
+                self.task.wake();
+            }
+            Err(_) => {
+                // The task meets the error on its own write and ends the connection.
+                queue.socket = None;
+                drop(queue);
+                self.task.wake();
+            }
+        }
     }
 
     /// The client cannot keep up with what must reach it: what is queued is dropped (it will
@@ -286,8 +357,16 @@ impl ClientHandle {
             crate::metrics::slow_client();
             {
                 let mut queue = self.queue.lock();
-                let close = queue.close.take();
-                *queue = Queue { close, ..Queue::default() };
+                // The rest of a frame already started must still go out, or the close frame
+                // after it would land inside it.
+                let kept = Queue {
+                    close: queue.close.take(),
+                    socket: queue.socket,
+                    writer_busy: queue.writer_busy,
+                    partial: queue.partial.take(),
+                    ..Queue::default()
+                };
+                *queue = kept;
             }
             self.control(Control::Disconnect(Disconnect::SLOW));
         }
@@ -300,13 +379,21 @@ impl ClientHandle {
     }
 
     /// Takes up to about [`PACK_LIMIT`] bytes of queued frames (always at least one frame), led
-    /// by the gap signals of what was shed meanwhile.
+    /// by the gap signals of what was shed meanwhile (or, first of all, the rest of a frame the
+    /// fan-out started). From then until it finds the queue empty, the task is the socket's
+    /// only writer.
     pub fn try_batch(&self) -> Option<Batch> {
         let mut queue = self.queue.lock();
-        if queue.entries.is_empty() && queue.gaps.is_empty() && queue.close.is_none() {
+        if queue.entries.is_empty() && queue.gaps.is_empty() && queue.close.is_none() && queue.partial.is_none() {
+            queue.writer_busy = false;
             return None;
         }
+        queue.writer_busy = true;
         let mut batch = Batch::default();
+        if let Some(partial) = queue.partial.take() {
+            batch.partial = Some(partial);
+            return Some(batch);
+        }
         for (channel, gap) in std::mem::take(&mut queue.gaps) {
             batch.frames.push(QueuedFrame::Reply(Utf8Bytes::from(gap_signal(&channel, &gap))));
         }
@@ -321,9 +408,37 @@ impl ClientHandle {
         }
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
-            batch.drained = true;
         }
         Some(batch)
+    }
+
+    /// Lets the fan-out write to `socket` itself while nothing is queued (see `direct_write`).
+    /// The caller keeps the socket open until [`ClientHandle::detach_socket`] returns.
+    pub fn attach_socket(&self, socket: RawFd) {
+        self.queue.lock().socket = Some(socket);
+    }
+
+    /// No more direct writes: once this returns, none is under way and the socket may close.
+    pub fn detach_socket(&self) {
+        self.queue.lock().socket = None;
+    }
+
+    /// The task is about to use the socket (a read may make its WebSocket library write a
+    /// reply): direct writes wait until it finds the queue empty again.
+    pub fn claim_socket(&self) {
+        self.queue.lock().writer_busy = true;
+    }
+
+    /// The task is done with the socket: direct writes may resume unless frames are queued,
+    /// which the task is then woken to write.
+    pub fn release_socket(&self) {
+        let mut queue = self.queue.lock();
+        if queue.entries.is_empty() && queue.gaps.is_empty() && queue.partial.is_none() {
+            queue.writer_busy = false;
+        } else {
+            drop(queue);
+            self.task.wake();
+        }
     }
 
     /// Flush what is queued, then close with this code.
@@ -389,6 +504,26 @@ fn priority_index(priority: Priority) -> usize {
 }
 
 impl Queue {
+    /// The socket, when a frame may be written to it directly now.
+    fn idle_socket(&self) -> Option<RawFd> {
+        let idle = self.entries.is_empty()
+            && self.gaps.is_empty()
+            && self.partial.is_none()
+            && !self.writer_busy
+            && self.close.is_none();
+        self.socket.filter(|_| idle)
+    }
+
+    /// The socket, when frames are queued (and nothing else) for a direct write now.
+    fn idle_socket_with_frames(&self) -> Option<RawFd> {
+        let ready = !self.entries.is_empty()
+            && self.gaps.is_empty()
+            && self.partial.is_none()
+            && !self.writer_busy
+            && self.close.is_none();
+        self.socket.filter(|_| ready)
+    }
+
     fn push(&mut self, entry: QueuedFrame) {
         self.bytes += entry.len();
         if let Some(publication) = entry.publication() {

@@ -1,7 +1,6 @@
 //! Serving a node on a listener until a shutdown signal, then draining it.
 
 use crate::node::Node;
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -29,23 +28,18 @@ pub async fn serve_app(
 ) -> std::io::Result<()> {
     let stop = node.shutdown_token();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    // Small frames must leave at once: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
-    // hold them for tens of milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move {
-            tokio::select! {
-                _ = signal => {}
-                _ = stop.cancelled() => {}
+    let listener = NoDelayListener(listener);
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<ConnectionSocket>())
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = signal => {}
+                    _ = stop.cancelled() => {}
+                }
+                let _ = signalled_tx.send(());
             }
-            let _ = signalled_tx.send(());
-        }
-    });
+        });
     let server = tokio::spawn(async move { server.await });
     // Once the signal came, disconnect the WebSocket clients; the HTTP server meanwhile finishes
     // the API calls it is serving.
@@ -60,6 +54,38 @@ pub async fn serve_app(
             tracing::warn!("shutdown timeout reached with requests still in flight");
             Ok(())
         }
+    }
+}
+
+/// The accepted connection's socket, which a WebSocket session lends to the fan-out for direct
+/// writes (see `direct_write`); the session owns the socket and takes it back before closing it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSocket(pub std::os::fd::RawFd);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelayListener>> for ConnectionSocket {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelayListener>) -> Self {
+        Self(std::os::fd::AsRawFd::as_raw_fd(stream.io()))
+    }
+}
+
+/// Accepts with TCP_NODELAY set: small frames must leave at once, where Nagle's algorithm and
+/// delayed ACKs would hold them for tens of milliseconds.
+pub struct NoDelayListener(TcpListener);
+
+impl axum::serve::Listener for NoDelayListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 

@@ -51,6 +51,12 @@ pub async fn handler(
             return rejection.into_response();
         }
     };
+    // The socket itself, for the fan-out's direct writes: only an HTTP/1.1 connection is the
+    // WebSocket's alone once upgraded.
+    let raw_socket = (request.version() == axum::http::Version::HTTP_11)
+        .then(|| request.extensions().get::<axum::extract::ConnectInfo<crate::server::ConnectionSocket>>())
+        .flatten()
+        .map(|info| info.0 .0);
     drop(request);
     let protobuf = query.get("format").is_some_and(|f| f == "protobuf");
     let limit = node.config().websocket.message_size_limit;
@@ -76,7 +82,7 @@ pub async fn handler(
         };
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         // Built before it is awaited, so this future does not hold the socket a second time.
-        let connection = serve_connection(node, socket, protobuf);
+        let connection = serve_connection(node, socket, protobuf, raw_socket);
         connection.await
     });
     accepted.response
@@ -115,7 +121,12 @@ enum Event {
 /// the node, keeps the heartbeat and writes the outbound queue, all in one future. A second
 /// writer task (and the lock that splitting the socket between two tasks needs) cost every idle
 /// connection about a kilobyte more.
-fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) -> impl Future<Output = ()> + Send {
+fn serve_connection(
+    node: Node,
+    socket: WebSocket,
+    protobuf: bool,
+    raw_socket: Option<std::os::fd::RawFd>,
+) -> impl Future<Output = ()> + Send {
     // Built before the future, which then holds them once: an async fn would keep its socket
     // argument besides the moved-in copy.
     let client = &node.config().client;
@@ -123,6 +134,10 @@ fn serve_connection(node: Node, socket: WebSocket, protobuf: bool) -> impl Futur
     let client_id = uuid::Uuid::new_v4().to_string();
     let handle = Arc::new(ClientHandle::new(client_id, client.queue_max_size));
     let mut transport = Transport::new(socket, handle.clone(), node.config().websocket.write_timeout);
+    if let Some(fd) = raw_socket {
+        // Taken away again when the transport, which owns the socket, is dropped.
+        transport.handle.attach_socket(fd);
+    }
     let mut session = Session::new(node.inner.clone(), handle);
     async move {
         metrics::connection_opened();
@@ -314,6 +329,13 @@ struct Transport {
     read_waker: std::task::Waker,
 }
 
+impl Drop for Transport {
+    fn drop(&mut self) {
+        // Before the socket closes: its descriptor number may be reused at once.
+        self.handle.detach_socket();
+    }
+}
+
 /// Batches written in one poll before the task lets others run, so a connection that is always
 /// busy cannot hold a worker thread.
 const BATCHES_PER_POLL: usize = 16;
@@ -344,9 +366,6 @@ impl Transport {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Before anything else: orders must wake the task even while the socket is stuck.
         self.handle.register_task(cx.waker());
-        // Set once a batch emptied the queue: once it is written, whatever arrived since has
-        // woken the task again, so this poll need not take the queue's lock to find it empty.
-        let mut queue_drained = false;
         for _ in 0..BATCHES_PER_POLL {
             if self.failed {
                 return Poll::Ready(());
@@ -390,11 +409,11 @@ impl Transport {
             if self.closing.is_some() {
                 return Poll::Ready(());
             }
-            if queue_drained {
-                return Poll::Pending;
-            }
             let Some(batch) = self.handle.try_batch() else { return Poll::Pending };
-            queue_drained = batch.drained;
+            if let Some(partial) = batch.partial {
+                self.packed = Some(PackedWrite::raw(partial));
+                continue;
+            }
             if batch.close.is_some() {
                 self.closing = Some(batch.close);
             }
@@ -449,7 +468,12 @@ impl Transport {
         // Only when the read side woke the task since it last found nothing.
         let readable = self.packed.is_none() && self.outgoing.is_none() && !self.flushing;
         if let Poll::Ready(message) = if readable && self.handle.take_read_ready() {
-            Pin::new(&mut self.socket).poll_next(&mut Context::from_waker(&self.read_waker))
+            self.handle.claim_socket();
+            let read = Pin::new(&mut self.socket).poll_next(&mut Context::from_waker(&self.read_waker));
+            if read.is_pending() && !self.tungstenite_dirty {
+                self.handle.release_socket();
+            }
+            read
         } else {
             Poll::Pending
         } {
@@ -553,7 +577,7 @@ mod tests {
 mod memory {
     use super::*;
 
-    fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+    fn future_size<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

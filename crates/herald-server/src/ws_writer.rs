@@ -66,6 +66,12 @@ impl PackedWrite {
         Ok(Self { body, written: 0, total })
     }
 
+    /// Bytes to write as they are: the rest of a frame the fan-out started (see `direct_write`).
+    pub fn raw(bytes: Vec<u8>) -> Self {
+        let total = bytes.len();
+        Self { body: Body::Contiguous(bytes), written: 0, total }
+    }
+
     /// The segments still to write, in order: header, frame, newline, frame, ...
     fn fill<'a>(&self, header: &'a [u8], frames: &'a [QueuedFrame], slices: &mut Vec<IoSlice<'a>>) {
         let mut skip = self.written;
