@@ -11,6 +11,7 @@
 #
 # Usage: scripts/bench-cluster.sh [subscribers=1000] [messages=2000] [rate=200]
 # Environment: TIMEOUT=90 THREADS=2 BUILD=1 (0: use the existing release binaries)
+#   HERALD_BIN=target/release/herald (another build of the server, to compare two)
 #   WORK=/tmp/herald-bench-cluster   (servers listen on free loopback ports)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +33,7 @@ fi
 if [ "${BUILD:-1}" = 1 ]; then
   cargo build --release -p herald -p herald-bench >&2
 fi
-HERALD="$ROOT/target/release/herald"
+HERALD=${HERALD_BIN:-"$ROOT/target/release/herald"}
 BENCH="$ROOT/target/release/herald-bench"
 command -v redis-server >/dev/null || { log "redis-server is not installed"; exit 1; }
 
