@@ -8,9 +8,9 @@
 //! under the queue's lock, so frames never interleave, and the task takes the socket away under
 //! the same lock before it closes it.
 //!
-//! The writes of one fan-out are shared out: the thread that fans out writes chunks of the
-//! connections, and tasks on the runtime's other workers take chunks too, so one preempted thread
-//! does not hold back the rest of the channel.
+//! The writes of one fan-out are shared out in chunks over one task per runtime worker (and the
+//! fanning thread itself when it is not a worker, such as the store's writer), so one preempted
+//! thread does not hold back the rest of the channel.
 
 use crate::outbound::ClientHandle;
 use std::io;
