@@ -221,6 +221,11 @@ impl Client {
         }
     }
 
+    /// Sends a WebSocket ping, which the server's WebSocket library answers as it reads.
+    pub async fn send_ping(&mut self) {
+        self.socket.send(Message::Ping(vec![1u8].into())).await.expect("send ping");
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.socket.send(Message::Text(text.to_owned().into())).await.expect("send");
     }
