@@ -60,7 +60,7 @@ pub async fn serve_app(
 /// The accepted connection's socket, which a WebSocket session lends to the fan-out for direct
 /// writes (see `direct_write`); the session owns the socket and takes it back before closing it.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionSocket(pub std::os::fd::RawFd);
+pub(crate) struct ConnectionSocket(pub(crate) std::os::fd::RawFd);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelayListener>> for ConnectionSocket {
     fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelayListener>) -> Self {
@@ -70,7 +70,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDe
 
 /// Accepts with TCP_NODELAY set: small frames must leave at once, where Nagle's algorithm and
 /// delayed ACKs would hold them for tens of milliseconds.
-pub struct NoDelayListener(TcpListener);
+pub(crate) struct NoDelayListener(TcpListener);
 
 impl axum::serve::Listener for NoDelayListener {
     type Io = tokio::net::TcpStream;
