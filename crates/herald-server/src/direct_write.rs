@@ -13,12 +13,11 @@
 //! thread does not hold back the rest of the channel.
 
 use crate::outbound::ClientHandle;
+use crate::ws_writer::{joined, joined_len, text_header};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// Connections written per turn of a writer.
 const CHUNK: usize = 32;
@@ -81,36 +80,19 @@ impl Writes {
     }
 }
 
-/// An unmasked, final WebSocket text frame header for `payload` bytes.
-fn text_header(payload: usize) -> io::Result<([u8; 10], usize)> {
-    let mut header = [0u8; 10];
-    let mut cursor: &mut [u8] = &mut header;
-    let frame_header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-    frame_header.format(payload as u64, &mut cursor).map_err(io::Error::other)?;
-    let len = 10 - cursor.len();
-    Ok((header, len))
-}
-
 /// Sends `frames`, joined by newlines, as one text frame on `fd` without blocking.
-pub fn send_text(fd: RawFd, frames: &[&[u8]]) -> io::Result<Sent> {
-    let payload_len = frames.iter().map(|f| f.len()).sum::<usize>() + frames.len().saturating_sub(1);
+pub fn send_text<'a>(fd: RawFd, frames: impl Iterator<Item = &'a [u8]> + Clone) -> io::Result<Sent> {
+    let payload_len = joined_len(frames.clone());
     let (header, header_len) = text_header(payload_len)?;
     let total = header_len + payload_len;
     // One frame goes out from its shared bytes; several are copied together (see `ws_writer`).
-    let joined;
-    let (first, second): (&[u8], &[u8]) = match frames {
-        [frame] => (&header[..header_len], frame),
+    let mut several = frames.clone();
+    let joined_frames;
+    let (first, second): (&[u8], &[u8]) = match (several.next(), several.next()) {
+        (Some(frame), None) => (&header[..header_len], frame),
         _ => {
-            let mut bytes = Vec::with_capacity(total);
-            bytes.extend_from_slice(&header[..header_len]);
-            for (index, frame) in frames.iter().enumerate() {
-                if index > 0 {
-                    bytes.push(b'\n');
-                }
-                bytes.extend_from_slice(frame);
-            }
-            joined = bytes;
-            (&joined, &[])
+            joined_frames = joined(&header[..header_len], frames, total);
+            (&joined_frames, &[])
         }
     };
     let mut slices = [
@@ -194,10 +176,10 @@ mod tests {
     #[test]
     fn frames_go_out_as_one_text_frame_joined_by_newlines() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        assert!(matches!(send_text(ours.as_raw_fd(), &[b"{\"a\":1}"]).unwrap(), Sent::All));
+        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{\"a\":1}"[..]].into_iter()).unwrap(), Sent::All));
         assert_eq!(text_payload(&read_available(&mut peer)), b"{\"a\":1}");
         let long = vec![b'x'; 300];
-        assert!(matches!(send_text(ours.as_raw_fd(), &[b"{}", &long]).unwrap(), Sent::All));
+        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{}"[..], &long].into_iter()).unwrap(), Sent::All));
         let received = read_available(&mut peer);
         let payload = text_payload(&received);
         assert_eq!(&payload[..3], b"{}\n");
@@ -208,11 +190,11 @@ mod tests {
     fn what_a_full_socket_does_not_take_is_handed_back_in_order() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let payload: Vec<u8> = (0..4_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let Sent::Part(rest) = send_text(ours.as_raw_fd(), &[&payload]).unwrap() else {
+        let Sent::Part(rest) = send_text(ours.as_raw_fd(), [&payload[..]].into_iter()).unwrap() else {
             panic!("4 MB fit in a socket buffer: the test needs a larger frame");
         };
         // Full now: nothing more goes in.
-        assert!(matches!(send_text(ours.as_raw_fd(), &[b"{}"]).unwrap(), Sent::Nothing));
+        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{}"[..]].into_iter()).unwrap(), Sent::Nothing));
         let mut received = read_available(&mut peer);
         received.extend_from_slice(&rest);
         assert_eq!(text_payload(&received), &payload[..]);

@@ -309,30 +309,17 @@ impl ClientHandle {
             self.task.wake();
             return;
         };
-        let (count, outcome) = {
-            let mut taken = 0;
-            let count = queue
-                .entries
-                .iter()
-                .take_while(|entry| {
-                    let fits = taken == 0 || taken + entry.len() <= PACK_LIMIT;
-                    taken += entry.len();
-                    fits
-                })
-                .count();
-            let frames: Vec<&[u8]> = queue.entries.iter().take(count).map(|e| e.as_str().as_bytes()).collect();
-            (count, crate::direct_write::send_text(fd, &frames))
-        };
-        match outcome {
-            Ok(Sent::All) => {
-                for _ in 0..count {
-                    queue.remove(0);
-                }
+        let count = queue.frames_per_write();
+        let frames = queue.entries.iter().take(count).map(|entry| entry.as_str().as_bytes());
+        let outcome = crate::direct_write::send_text(fd, frames);
+        if matches!(outcome, Ok(Sent::All | Sent::Part(_))) {
+            for _ in 0..count {
+                queue.remove(0);
             }
+        }
+        match outcome {
+            Ok(Sent::All) => {}
             Ok(Sent::Part(rest)) => {
-                for _ in 0..count {
-                    queue.remove(0);
-                }
                 queue.partial = Some(rest);
                 drop(queue);
                 self.task.wake();
@@ -397,14 +384,8 @@ impl ClientHandle {
         for (channel, gap) in std::mem::take(&mut queue.gaps) {
             batch.frames.push(QueuedFrame::Reply(Utf8Bytes::from(gap_signal(&channel, &gap))));
         }
-        let mut taken = 0;
-        while let Some(entry) = queue.entries.front() {
-            if taken > 0 && taken + entry.len() > PACK_LIMIT {
-                break;
-            }
-            let Some(entry) = queue.remove(0) else { break };
-            taken += entry.len();
-            batch.frames.push(entry);
+        for _ in 0..queue.frames_per_write() {
+            batch.frames.extend(queue.remove(0));
         }
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
@@ -522,6 +503,20 @@ impl Queue {
             && !self.writer_busy
             && self.close.is_none();
         self.socket.filter(|_| ready)
+    }
+
+    /// How many of the frames at the front go out in one write: up to about [`PACK_LIMIT`]
+    /// bytes, and always at least one.
+    fn frames_per_write(&self) -> usize {
+        let mut taken = 0;
+        self.entries
+            .iter()
+            .take_while(|entry| {
+                let fits = taken == 0 || taken + entry.len() <= PACK_LIMIT;
+                taken += entry.len();
+                fits
+            })
+            .count()
     }
 
     fn push(&mut self, entry: QueuedFrame) {

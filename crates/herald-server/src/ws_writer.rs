@@ -25,6 +25,35 @@ const MAX_SLICES: usize = 1024;
 /// vectored from their shared bytes.
 const COPY_BELOW_AVERAGE: usize = 512;
 
+/// An unmasked, final WebSocket text frame header for `payload` bytes, and its length.
+pub fn text_header(payload: usize) -> io::Result<([u8; 10], usize)> {
+    let mut header = [0u8; 10];
+    let mut cursor: &mut [u8] = &mut header;
+    let frame_header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    frame_header.format(payload as u64, &mut cursor).map_err(io::Error::other)?;
+    let len = 10 - cursor.len();
+    Ok((header, len))
+}
+
+/// The payload length of `frames` joined by newlines.
+pub fn joined_len<'a>(frames: impl Iterator<Item = &'a [u8]>) -> usize {
+    let (bytes, count) = frames.fold((0usize, 0usize), |(bytes, count), frame| (bytes + frame.len(), count + 1));
+    bytes + count.saturating_sub(1)
+}
+
+/// `header` and then `frames` joined by newlines, in one buffer of `total` bytes.
+pub fn joined<'a>(header: &[u8], frames: impl Iterator<Item = &'a [u8]>, total: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(total);
+    bytes.extend_from_slice(header);
+    for (index, frame) in frames.enumerate() {
+        if index > 0 {
+            bytes.push(b'\n');
+        }
+        bytes.extend_from_slice(frame);
+    }
+    bytes
+}
+
 /// A server text frame (unmasked, final) made of frames joined by newlines, part written.
 pub struct PackedWrite {
     body: Body,
@@ -42,24 +71,11 @@ enum Body {
 
 impl PackedWrite {
     pub fn text(frames: Vec<QueuedFrame>) -> io::Result<Self> {
-        let payload: usize =
-            frames.iter().map(|frame| frame.as_str().len()).sum::<usize>() + frames.len().saturating_sub(1);
-        let mut header = [0u8; 10];
-        let mut cursor: &mut [u8] = &mut header;
-        let frame_header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-        frame_header.format(payload as u64, &mut cursor).map_err(io::Error::other)?;
-        let header_len = 10 - cursor.len();
+        let payload = joined_len(frames.iter().map(|frame| frame.as_str().as_bytes()));
+        let (header, header_len) = text_header(payload)?;
         let total = header_len + payload;
         let body = if frames.len() > 1 && payload < COPY_BELOW_AVERAGE * frames.len() {
-            let mut bytes = Vec::with_capacity(total);
-            bytes.extend_from_slice(&header[..header_len]);
-            for (index, frame) in frames.iter().enumerate() {
-                if index > 0 {
-                    bytes.push(b'\n');
-                }
-                bytes.extend_from_slice(frame.as_str().as_bytes());
-            }
-            Body::Contiguous(bytes)
+            Body::Contiguous(joined(&header[..header_len], frames.iter().map(|frame| frame.as_str().as_bytes()), total))
         } else {
             Body::Vectored { header, header_len, frames }
         };
