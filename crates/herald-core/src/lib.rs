@@ -7,5 +7,6 @@ pub mod codes;
 pub mod filter;
 pub mod incoming;
 pub mod protocol;
+pub mod wire;
 
 pub use codes::{Disconnect, ProtocolError};

@@ -7,10 +7,12 @@
 //! everything up to the offset is confirmed. A user's acknowledgement covers all of that user's
 //! connections (a reconnecting client gets a new client id).
 
+use crate::hub::format_index;
 use crate::hub::Subscription;
 use crate::metrics;
-use axum::extract::ws::Utf8Bytes;
-use herald_core::protocol::{reply, Publication};
+use bytes::Bytes;
+use herald_core::protocol::Publication;
+use herald_core::wire::PushBody;
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::Serialize;
@@ -45,7 +47,8 @@ struct Delivery {
 }
 
 struct Tracked {
-    frame: Utf8Bytes,
+    /// The publication's push in each wire format its recipients speak (JSON, Protobuf).
+    frames: [Option<Bytes>; 2],
     timeout: Duration,
     max_retries: u32,
     deliveries: Vec<Delivery>,
@@ -119,7 +122,12 @@ impl AckTracker {
         if recipients.is_empty() || publication.offset == 0 {
             return;
         }
-        let frame = Utf8Bytes::from(reply::push(channel, "pub", publication));
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        for subscription in &recipients {
+            let format = subscription.client.format;
+            frames[format_index(format)]
+                .get_or_insert_with(|| Bytes::from(format.push(channel, PushBody::Pub(publication))));
+        }
         let now = Instant::now();
         let mut state = self.state.lock();
         let key = (channel.to_owned(), publication.offset);
@@ -143,7 +151,7 @@ impl AckTracker {
             });
             metrics::ack_pending(1.0);
         }
-        state.tracked.insert(key.clone(), Tracked { frame, timeout, max_retries, deliveries });
+        state.tracked.insert(key.clone(), Tracked { frames, timeout, max_retries, deliveries });
         state.order.push_back(key);
         while state.tracked.len() > MAX_TRACKED {
             let Some(oldest) = state.order.pop_front() else { break };
@@ -182,7 +190,7 @@ impl AckTracker {
             while state.due.peek().is_some_and(|Reverse(d)| d.at <= now) {
                 let Some(Reverse(due)) = state.due.pop() else { break };
                 let Some(tracked) = state.tracked.get_mut(&(due.channel.clone(), due.offset)) else { continue };
-                let frame = tracked.frame.clone();
+                let frames = tracked.frames.clone();
                 let (timeout, max_retries) = (tracked.timeout, tracked.max_retries);
                 let Some(delivery) = tracked.deliveries.iter_mut().find(|d| d.recipient.client == due.client) else {
                     continue;
@@ -204,7 +212,9 @@ impl AckTracker {
                 // A closed connection is not retried by push: it recovers from history when it
                 // comes back, and its user's acknowledgement still counts.
                 if let Some(subscription) = delivery.subscription.upgrade() {
-                    subscription.client.send(frame);
+                    if let Some(frame) = &frames[format_index(subscription.client.format)] {
+                        subscription.client.send(frame.clone());
+                    }
                     metrics::ack_retry();
                 }
                 state.due.push(Reverse(Due { at: now + backoff(timeout, retries), ..due }));

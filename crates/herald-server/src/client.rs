@@ -11,16 +11,16 @@ use crate::metrics;
 use crate::node::{NodeInner, Publish, RpcContext};
 use crate::outbound::{ClientHandle, Control};
 use crate::view::{View, Viewer};
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use herald_config::NamespaceOptions;
 use herald_core::channel::ChannelName;
 use herald_core::protocol::{
-    reply, ClientInfo, Command, ConnectRequest, ConnectResult, EmptyResult, HistoryRequest, HistoryResult, Method,
-    PresenceResult, PresenceStatsResult, Publication, PublishRequest, RawJson, RefreshRequest, RefreshResult,
-    RpcRequest, RpcResult, SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
+    ClientInfo, ConnectRequest, ConnectResult, HistoryRequest, HistoryResult, Method, PresenceResult,
+    PresenceStatsResult, Publication, PublishRequest, RawJson, RefreshRequest, RefreshResult, RpcRequest, RpcResult,
+    SubRefreshRequest, SubRefreshResult, SubscribeRequest, SubscribeResult,
 };
+use herald_core::wire::{PushBody, ResultBody, WireFormat};
 use herald_core::{Disconnect, ProtocolError};
-use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -92,10 +92,11 @@ fn ttl_of(expires_at: Option<u64>) -> Option<(bool, u32)> {
 }
 
 fn publication_frames<'a>(
+    format: WireFormat,
     channel: &'a str,
     publications: &'a [Arc<Publication>],
-) -> impl Iterator<Item = Utf8Bytes> + 'a {
-    publications.iter().map(move |p| Utf8Bytes::from(reply::push(channel, "pub", p.as_ref())))
+) -> impl Iterator<Item = Bytes> + 'a {
+    publications.iter().map(move |p| Bytes::from(format.push(channel, PushBody::Pub(p))))
 }
 
 /// Most client publishes of one connection waiting for the engine at once; the connection reads
@@ -186,29 +187,45 @@ impl Session {
         self.node.config.client.insecure
     }
 
-    fn send<T: Serialize>(&self, id: u32, method: &str, result: &T) {
-        self.handle.send(Utf8Bytes::from(reply::result(id, method, result)));
+    fn send(&self, id: u32, result: ResultBody<'_>) {
+        self.handle.send(Bytes::from(self.handle.format.result(id, result)));
     }
 
     fn send_error(&self, id: u32, method: &'static str, error: &ProtocolError) {
         tracing::info!(client = %self.handle.id, user = %self.user, method, code = error.code, message = %error.message, "command refused");
         metrics::error("client", error.code);
-        self.handle.send(Utf8Bytes::from(reply::error(id, error)));
+        self.handle.send(Bytes::from(self.handle.format.error(id, error)));
     }
 
-    /// Handles one WebSocket text frame: one or more commands separated by newlines.
-    pub async fn handle_frame(&mut self, text: &str) -> CommandResult {
-        for line in text.split('\n') {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
+    /// Handles one WebSocket frame of commands in the connection's format: JSON lines, or
+    /// length-prefixed Protobuf commands.
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> CommandResult {
+        let format = self.handle.format;
+        let commands = match format.decode_commands(frame) {
+            Ok(commands) => commands,
+            Err(error) => {
+                tracing::info!(client = %self.handle.id, message = %error.message, "malformed command");
+                metrics::bad_input(match format {
+                    WireFormat::Json => "malformed_json",
+                    WireFormat::Protobuf => "malformed_protobuf",
+                });
+                return Err(Disconnect::BAD_REQUEST);
             }
-            let command: Command = match serde_json::from_str(line) {
+        };
+        for decoded in commands {
+            let command = match decoded {
                 Ok(command) => command,
-                Err(error) => {
-                    tracing::info!(client = %self.handle.id, %error, "malformed command");
-                    metrics::bad_input("malformed_json");
-                    return Err(Disconnect::BAD_REQUEST);
+                Err((id, error)) => {
+                    // Well-formed, but a field is unusable (data that is not JSON): refused
+                    // like any other bad request, in order with the replies before it.
+                    metrics::bad_input("unusable_command_field");
+                    self.settle_publishes().await;
+                    if id == 0 {
+                        tracing::info!(client = %self.handle.id, message = %error.message, "command without id refused");
+                    } else {
+                        self.send_error(id, "command", &error);
+                    }
+                    continue;
                 }
             };
             let (id, method) = command.into_method();
@@ -291,7 +308,7 @@ impl Session {
 
     fn reply_publish(&self, id: u32, started: Instant, result: Result<(), ProtocolError>) {
         match result {
-            Ok(()) => self.send(id, "publish", &EmptyResult {}),
+            Ok(()) => self.send(id, ResultBody::Publish),
             Err(error) => self.send_error(id, "publish", &error),
         }
         metrics::command("publish", started.elapsed());
@@ -360,7 +377,7 @@ impl Session {
             }
             Method::Unsubscribe(request) => {
                 self.unsubscribe(&request.channel, None).await;
-                self.send(id, "unsubscribe", &EmptyResult {});
+                self.send(id, ResultBody::Unsubscribe);
                 Ok(())
             }
             Method::Publish(request) => {
@@ -369,27 +386,27 @@ impl Session {
             }
             Method::Presence(request) => {
                 match self.presence(&request.channel).await {
-                    Ok(presence) => self.send(id, "presence", &PresenceResult { presence }),
+                    Ok(presence) => self.send(id, ResultBody::Presence(&PresenceResult { presence })),
                     Err(error) => self.send_error(id, "presence", &error),
                 }
                 Ok(())
             }
             Method::PresenceStats(request) => {
                 match self.presence_stats(&request.channel).await {
-                    Ok(result) => self.send(id, "presence_stats", &result),
+                    Ok(result) => self.send(id, ResultBody::PresenceStats(&result)),
                     Err(error) => self.send_error(id, "presence_stats", &error),
                 }
                 Ok(())
             }
             Method::History(request) => {
                 match self.history(request).await {
-                    Ok(result) => self.send(id, "history", &result),
+                    Ok(result) => self.send(id, ResultBody::History(&result)),
                     Err(error) => self.send_error(id, "history", &error),
                 }
                 Ok(())
             }
             Method::Ping => {
-                self.send(id, "ping", &EmptyResult {});
+                self.send(id, ResultBody::Ping);
                 Ok(())
             }
             Method::Pong => Ok(()),
@@ -402,7 +419,7 @@ impl Session {
             }
             Method::Rpc(request) if request.method == ACK_METHOD => {
                 match self.ack(request).await {
-                    Ok(result) => self.send(id, "rpc", &result),
+                    Ok(result) => self.send(id, ResultBody::Rpc(&result)),
                     Err(error) => self.send_error(id, "rpc", &error),
                 }
                 Ok(())
@@ -414,7 +431,7 @@ impl Session {
             Method::Refresh(request) => self.refresh(id, request),
             Method::SubRefresh(request) => {
                 match self.sub_refresh(request) {
-                    Ok(result) => self.send(id, "sub_refresh", &result),
+                    Ok(result) => self.send(id, ResultBody::SubRefresh(&result)),
                     Err(error) => self.send_error(id, "sub_refresh", &error),
                 }
                 Ok(())
@@ -532,18 +549,19 @@ impl Session {
         }
         let subscriptions: Vec<&Subscription> = prepared.iter().map(|p| p.subscription.as_ref()).collect();
         if subscriptions.is_empty() {
-            self.send(id, "connect", &result);
+            self.send(id, ResultBody::Connect(&result));
         } else {
             let mut result = Some(result);
+            let format = self.handle.format;
             go_live_together(&subscriptions, |buffers| {
                 let mut result = result.take().unwrap_or_default();
                 let mut after = Vec::new();
                 for (p, buffered) in prepared.iter().zip(buffers) {
                     let (sub_result, newer) = p.finish(buffered);
                     result.subs.insert(p.channel.clone(), sub_result);
-                    after.extend(publication_frames(&p.channel, &newer).collect::<Vec<_>>());
+                    after.extend(publication_frames(format, &p.channel, &newer).collect::<Vec<_>>());
                 }
-                let mut frames = vec![Utf8Bytes::from(reply::result(id, "connect", &result))];
+                let mut frames = vec![Bytes::from(format.result(id, ResultBody::Connect(&result)))];
                 frames.extend(after);
                 frames
             });
@@ -569,13 +587,12 @@ impl Session {
                 let (expires, ttl) = ttl_of(self.expires_at).unwrap_or((false, 0));
                 self.send(
                     id,
-                    "refresh",
-                    &RefreshResult {
+                    ResultBody::Refresh(&RefreshResult {
                         client: self.handle.id.to_string(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         expires,
                         ttl,
-                    },
+                    }),
                 );
                 Ok(())
             }
@@ -632,10 +649,11 @@ impl Session {
     async fn subscribe_command(&mut self, id: u32, request: SubscribeRequest) {
         match self.prepare_subscription(&request, false).await {
             Ok(prepared) => {
+                let format = self.handle.format;
                 prepared.subscription.clone().go_live(|buffered| {
                     let (result, newer) = prepared.finish(buffered);
-                    let mut frames = vec![Utf8Bytes::from(reply::result(id, "subscribe", &result))];
-                    frames.extend(publication_frames(&prepared.channel, &newer));
+                    let mut frames = vec![Bytes::from(format.result(id, ResultBody::Subscribe(&result)))];
+                    frames.extend(publication_frames(format, &prepared.channel, &newer));
                     frames
                 });
                 self.complete_subscription(prepared).await;
@@ -651,10 +669,11 @@ impl Session {
         }
         match self.prepare_subscription(&request, true).await {
             Ok(prepared) => {
+                let format = self.handle.format;
                 prepared.subscription.clone().go_live(|buffered| {
                     let (result, newer) = prepared.finish(buffered);
-                    let mut frames = vec![Utf8Bytes::from(reply::push(&prepared.channel, "subscribe", &result))];
-                    frames.extend(publication_frames(&prepared.channel, &newer));
+                    let mut frames = vec![Bytes::from(format.push(&prepared.channel, PushBody::Subscribe(&result)))];
+                    frames.extend(publication_frames(format, &prepared.channel, &newer));
                     frames
                 });
                 self.complete_subscription(prepared).await;
@@ -832,11 +851,8 @@ impl Session {
         metrics::subscription_removed();
         self.drop_hub_subscription(channel).await;
         if let Some((code, reason)) = push {
-            self.handle.send(Utf8Bytes::from(reply::push(
-                channel,
-                "unsubscribe",
-                &reply::Unsubscribe { code, reason },
-            )));
+            let body = PushBody::Unsubscribe { code, reason };
+            self.handle.send(Bytes::from(self.handle.format.push(channel, body)));
         }
         let info = self.client_info(sub.chan_info.clone());
         if sub.presence {
@@ -1011,13 +1027,13 @@ impl Session {
         // RPCs may be slow; they must not hold up the connection's other commands.
         tokio::spawn(async move {
             let frame = match handler(context, request.data).await {
-                Ok(data) => reply::result(id, "rpc", &RpcResult { data }),
+                Ok(data) => handle.format.result(id, ResultBody::Rpc(&RpcResult { data })),
                 Err(error) => {
                     metrics::error("client", error.code);
-                    reply::error(id, &error)
+                    handle.format.error(id, &error)
                 }
             };
-            handle.send(Utf8Bytes::from(frame));
+            handle.send(Bytes::from(frame));
         });
     }
 

@@ -28,6 +28,7 @@ use crate::stats::{Outcome, Stats};
 use herald_config::{Config, NamespaceOptions};
 use herald_core::channel::ChannelName;
 use herald_core::protocol::{ClientInfo, Publication};
+use herald_core::wire::PushBody;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -310,10 +311,10 @@ impl BrokerEventHandler for HubDelivery {
         HubDelivery::flush_publications(self, channel);
     }
     fn handle_join(&self, channel: &str, info: &ClientInfo) {
-        self.hub.broadcast_join_leave(channel, "join", info);
+        self.hub.broadcast_join_leave(channel, PushBody::Join(info));
     }
     fn handle_leave(&self, channel: &str, info: &ClientInfo) {
-        self.hub.broadcast_join_leave(channel, "leave", info);
+        self.hub.broadcast_join_leave(channel, PushBody::Leave(info));
     }
     fn handle_resubscribe(&self, channel: &str) {
         let clients = self.hub.channel_clients(channel);

@@ -13,7 +13,8 @@
 //! thread does not hold back the rest of the channel.
 
 use crate::outbound::ClientHandle;
-use crate::ws_writer::{joined, joined_len, text_header};
+use crate::ws_writer::{frame_header, joined, joined_len};
+use herald_core::wire::WireFormat;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,10 +81,10 @@ impl Writes {
     }
 }
 
-/// Sends `frames`, joined by newlines, as one text frame on `fd` without blocking.
-pub fn send_text<'a>(fd: RawFd, frames: impl Iterator<Item = &'a [u8]> + Clone) -> io::Result<Sent> {
-    let payload_len = joined_len(frames.clone());
-    let (header, header_len) = text_header(payload_len)?;
+/// Sends `frames`, packed in `format`, as one WebSocket frame on `fd` without blocking.
+pub fn send<'a>(fd: RawFd, format: WireFormat, frames: impl Iterator<Item = &'a [u8]> + Clone) -> io::Result<Sent> {
+    let payload_len = joined_len(format, frames.clone());
+    let (header, header_len) = frame_header(format, payload_len)?;
     let total = header_len + payload_len;
     // One frame goes out from its shared bytes; several are copied together (see `ws_writer`).
     let mut several = frames.clone();
@@ -91,7 +92,7 @@ pub fn send_text<'a>(fd: RawFd, frames: impl Iterator<Item = &'a [u8]> + Clone) 
     let (first, second): (&[u8], &[u8]) = match (several.next(), several.next()) {
         (Some(frame), None) => (&header[..header_len], frame),
         _ => {
-            joined_frames = joined(&header[..header_len], frames, total);
+            joined_frames = joined(format, &header[..header_len], frames, total);
             (&joined_frames, &[])
         }
     };
@@ -140,7 +141,7 @@ pub fn send_text<'a>(fd: RawFd, frames: impl Iterator<Item = &'a [u8]> + Clone) 
 mod tests {
     use super::*;
     use crate::outbound::{PublicationFrame, Queued};
-    use axum::extract::ws::Utf8Bytes;
+    use bytes::Bytes;
     use herald_core::protocol::Priority;
     use std::io::Read;
     use std::os::fd::AsRawFd;
@@ -176,10 +177,16 @@ mod tests {
     #[test]
     fn frames_go_out_as_one_text_frame_joined_by_newlines() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
-        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{\"a\":1}"[..]].into_iter()).unwrap(), Sent::All));
+        assert!(matches!(
+            send(ours.as_raw_fd(), WireFormat::Json, [&b"{\"a\":1}"[..]].into_iter()).unwrap(),
+            Sent::All
+        ));
         assert_eq!(text_payload(&read_available(&mut peer)), b"{\"a\":1}");
         let long = vec![b'x'; 300];
-        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{}"[..], &long].into_iter()).unwrap(), Sent::All));
+        assert!(matches!(
+            send(ours.as_raw_fd(), WireFormat::Json, [&b"{}"[..], &long].into_iter()).unwrap(),
+            Sent::All
+        ));
         let received = read_available(&mut peer);
         let payload = text_payload(&received);
         assert_eq!(&payload[..3], b"{}\n");
@@ -190,11 +197,11 @@ mod tests {
     fn what_a_full_socket_does_not_take_is_handed_back_in_order() {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let payload: Vec<u8> = (0..4_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let Sent::Part(rest) = send_text(ours.as_raw_fd(), [&payload[..]].into_iter()).unwrap() else {
+        let Sent::Part(rest) = send(ours.as_raw_fd(), WireFormat::Json, [&payload[..]].into_iter()).unwrap() else {
             panic!("4 MB fit in a socket buffer: the test needs a larger frame");
         };
         // Full now: nothing more goes in.
-        assert!(matches!(send_text(ours.as_raw_fd(), [&b"{}"[..]].into_iter()).unwrap(), Sent::Nothing));
+        assert!(matches!(send(ours.as_raw_fd(), WireFormat::Json, [&b"{}"[..]].into_iter()).unwrap(), Sent::Nothing));
         let mut received = read_available(&mut peer);
         received.extend_from_slice(&rest);
         assert_eq!(text_payload(&received), &payload[..]);
@@ -202,7 +209,7 @@ mod tests {
 
     fn frame(offset: u64) -> Arc<PublicationFrame> {
         Arc::new(PublicationFrame {
-            bytes: Utf8Bytes::from(format!("{{\"offset\":{offset}}}")),
+            bytes: Bytes::from(format!("{{\"offset\":{offset}}}")),
             channel: Arc::from("ch"),
             offsets: vec![offset],
             priority: Priority::Normal,
@@ -229,12 +236,12 @@ mod tests {
         // While the task writes, frames queue behind what it took, whatever the fan-out does.
         assert_eq!(client.offer_publication(frame(3)), Queued::ToWrite);
         let taken = client.try_batch().expect("the task took offset 3");
-        assert_eq!(taken.frames[0].as_str(), "{\"offset\":3}");
+        assert_eq!(taken.frames[0].as_bytes(), b"{\"offset\":3}");
         assert_eq!(client.offer_publication(frame(4)), Queued::Yes, "the task is writing: queued for it");
         client.write_now();
         assert!(read_available(&mut peer).is_empty(), "nothing written past the task's frame");
         let next = client.try_batch().expect("offset 4 waits for the task");
-        assert_eq!(next.frames[0].as_str(), "{\"offset\":4}");
+        assert_eq!(next.frames[0].as_bytes(), b"{\"offset\":4}");
 
         // Once the socket is taken back, nothing more is written to it.
         assert!(client.try_batch().is_none());

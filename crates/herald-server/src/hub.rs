@@ -8,8 +8,9 @@
 use crate::metrics;
 use crate::outbound::{pack_frames, ClientHandle, PublicationFrame, Queued};
 use crate::view::{View, Viewer};
-use axum::extract::ws::Utf8Bytes;
-use herald_core::protocol::{reply, ClientInfo, Publication};
+use bytes::Bytes;
+use herald_core::protocol::Publication;
+use herald_core::wire::{PushBody, WireFormat};
 use parking_lot::{Mutex, RwLock};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
@@ -89,7 +90,7 @@ impl Subscription {
     /// Makes the subscription live. `finish` gets what was buffered and returns the frames to
     /// queue first (the subscribe reply, then any buffered publications it did not include);
     /// nothing published meanwhile can overtake them.
-    pub fn go_live(&self, finish: impl FnOnce(Vec<Arc<Publication>>) -> Vec<Utf8Bytes>) {
+    pub fn go_live(&self, finish: impl FnOnce(Vec<Arc<Publication>>) -> Vec<Bytes>) {
         go_live_together(&[self], |mut buffered| finish(buffered.pop().unwrap_or_default()));
     }
 
@@ -121,7 +122,7 @@ impl Subscription {
 /// for a non-blocking queue push.
 pub fn go_live_together(
     subscriptions: &[&Subscription],
-    finish: impl FnOnce(Vec<Vec<Arc<Publication>>>) -> Vec<Utf8Bytes>,
+    finish: impl FnOnce(Vec<Vec<Arc<Publication>>>) -> Vec<Bytes>,
 ) {
     let mut guards: Vec<_> = subscriptions.iter().map(|s| s.pending.lock()).collect();
     let buffered = guards.iter_mut().map(|g| g.take().unwrap_or_default()).collect();
@@ -176,12 +177,20 @@ fn needs_ack(publication: &Publication) -> bool {
     publication.meta.as_ref().is_some_and(|m| m.ack.is_some())
 }
 
-/// A publication's serialized forms and parsed payload, made at most once per broadcast.
+/// A publication's serialized forms and parsed payload, made at most once per broadcast: the
+/// full and the patch form, each in JSON and in Protobuf (indexed by [`format_index`]).
 #[derive(Default)]
 struct Forms {
     data: OnceCell<Option<serde_json::Value>>,
-    full: OnceCell<Arc<PublicationFrame>>,
-    patch: OnceCell<Arc<PublicationFrame>>,
+    full: [OnceCell<Arc<PublicationFrame>>; 2],
+    patch: [OnceCell<Arc<PublicationFrame>>; 2],
+}
+
+pub(crate) fn format_index(format: WireFormat) -> usize {
+    match format {
+        WireFormat::Json => 0,
+        WireFormat::Protobuf => 1,
+    }
 }
 
 /// Several publications of a batch packed into one frame for a subscriber.
@@ -192,10 +201,15 @@ struct Batched<'a> {
 }
 
 impl<'a> Batched<'a> {
-    fn new(channel: &Arc<str>, all: &'a [Arc<Publication>], included: &[(usize, &Arc<PublicationFrame>)]) -> Self {
+    fn new(
+        format: WireFormat,
+        channel: &Arc<str>,
+        all: &'a [Arc<Publication>],
+        included: &[(usize, &Arc<PublicationFrame>)],
+    ) -> Self {
         let indices: Vec<usize> = included.iter().map(|(i, _)| *i).collect();
         let publications: Vec<&Arc<Publication>> = indices.iter().map(|&i| &all[i]).collect();
-        let bytes = pack_frames(included.iter().map(|(_, f)| &f.bytes));
+        let bytes = pack_frames(format, included.iter().map(|(_, f)| &f.bytes));
         let frame = publication_frame(bytes, channel, &publications, None);
         Self { indices, publications, frame }
     }
@@ -203,7 +217,7 @@ impl<'a> Batched<'a> {
 
 /// A frame holding `publications`, with what the outbound queue needs to know of it.
 fn publication_frame(
-    bytes: Utf8Bytes,
+    bytes: Bytes,
     channel: &Arc<str>,
     publications: &[&Arc<Publication>],
     conflate_key: Option<&str>,
@@ -227,16 +241,18 @@ pub struct ChannelCount {
     pub num_clients: u32,
 }
 
-/// Subscribers of one channel that share a view: evaluated and serialized once per publication.
+/// Subscribers of one channel that share a view and a wire format: evaluated and serialized once
+/// per publication.
 struct Group {
     view: Arc<View>,
+    format: WireFormat,
     members: HashMap<Arc<str>, Arc<Subscription>>,
 }
 
 /// Subscribers of one channel on this node, grouped by view.
 #[derive(Default)]
 struct ChannelSubscribers {
-    groups: HashMap<String, Group>,
+    groups: HashMap<(WireFormat, String), Group>,
     count: usize,
     /// The subscribers that asked for join/leave pushes, so a join costs what it sends rather
     /// than a pass over every subscriber of a large channel.
@@ -328,10 +344,12 @@ impl Hub {
         let mut shard = self.channels[shard_of(channel)].write();
         let first = !shard.contains_key(channel);
         let entry = shard.entry(channel.to_owned()).or_default();
-        let group = entry
-            .groups
-            .entry(subscription.view.key.clone())
-            .or_insert_with(|| Group { view: subscription.view.clone(), members: HashMap::new() });
+        let format = subscription.client.format;
+        let group = entry.groups.entry((format, subscription.view.key.clone())).or_insert_with(|| Group {
+            view: subscription.view.clone(),
+            format,
+            members: HashMap::new(),
+        });
         let id = subscription.client.id.clone();
         if subscription.join_leave {
             entry.join_leave.insert(id.clone(), subscription.clone());
@@ -446,15 +464,16 @@ impl Hub {
                 if !group.view.passes(publication, &form.data) {
                     continue;
                 }
+                let format = group.format;
                 let frame = if group.view.uses_patch_form(publication) {
-                    form.patch.get_or_init(|| {
-                        let bytes =
-                            Utf8Bytes::from(reply::push(channel, "pub", group.view.shape(publication).as_ref()));
+                    form.patch[format_index(format)].get_or_init(|| {
+                        let shaped = group.view.shape(publication);
+                        let bytes = Bytes::from(format.push(channel, PushBody::Pub(&shaped)));
                         publication_frame(bytes, &channel_name, &[publication], key_if_alone)
                     })
                 } else {
-                    form.full.get_or_init(|| {
-                        let bytes = Utf8Bytes::from(reply::push(channel, "pub", publication.as_ref()));
+                    form.full[format_index(format)].get_or_init(|| {
+                        let bytes = Bytes::from(format.push(channel, PushBody::Pub(publication)));
                         publication_frame(bytes, &channel_name, &[publication], key_if_alone)
                     })
                 };
@@ -482,7 +501,8 @@ impl Hub {
                 several => {
                     // Without audiences every member gets the same batch frame: pack it once.
                     let restricted = several.iter().any(|(i, _)| publications[*i].audience().is_some());
-                    let shared = (!restricted).then(|| Batched::new(&channel_name, publications, several));
+                    let shared =
+                        (!restricted).then(|| Batched::new(group.format, &channel_name, publications, several));
                     // Offsets grow within a batch: one comparison per subscriber finds whether
                     // its subscribe reply covered any of them.
                     let lowest = several.iter().map(|(i, _)| publications[*i].offset).filter(|&o| o != 0).min();
@@ -502,7 +522,7 @@ impl Hub {
                                     if admitted.is_empty() {
                                         continue;
                                     }
-                                    own = Batched::new(&channel_name, publications, &admitted);
+                                    own = Batched::new(group.format, &channel_name, publications, &admitted);
                                     &own
                                 }
                             };
@@ -547,15 +567,18 @@ impl Hub {
         self.broadcast(channel, std::slice::from_ref(publication), None).pop().unwrap_or_default()
     }
 
-    pub fn broadcast_join_leave(&self, channel: &str, kind: &str, info: &ClientInfo) {
+    /// A join or leave push (`body`) to the subscribers that asked for them.
+    pub fn broadcast_join_leave(&self, channel: &str, body: PushBody<'_>) {
         let shard = self.channels[shard_of(channel)].read();
         let Some(subscribers) = shard.get(channel) else { return };
         if subscribers.join_leave.is_empty() {
             return;
         }
-        let frame = Utf8Bytes::from(reply::push(channel, kind, &reply::JoinLeave { info }));
+        let mut frames: [Option<Bytes>; 2] = [None, None];
         for subscription in subscribers.join_leave.values() {
             if subscription.is_live() {
+                let format = subscription.client.format;
+                let frame = frames[format_index(format)].get_or_insert_with(|| Bytes::from(format.push(channel, body)));
                 subscription.client.send(frame.clone());
             }
         }
@@ -593,12 +616,14 @@ pub(crate) mod tests {
         let mut seen_buffer = Vec::new();
         subscription.go_live(|buffered| {
             seen_buffer = buffered.iter().map(|p| p.offset).collect();
-            vec![Utf8Bytes::from_static("reply")]
+            vec![Bytes::from_static(b"reply")]
         });
         hub.broadcast_publication("ch", &publication(4));
         assert_eq!(seen_buffer, vec![1, 2, 3]);
-        let frames: Vec<String> =
-            handle.try_batch().map(|b| b.frames.iter().map(|f| f.as_str().to_owned()).collect()).unwrap_or_default();
+        let frames: Vec<String> = handle
+            .try_batch()
+            .map(|b| b.frames.iter().map(|f| String::from_utf8_lossy(f.as_bytes()).into_owned()).collect())
+            .unwrap_or_default();
         assert_eq!(frames.len(), 2);
         assert_eq!(frames[0], "reply");
         assert!(frames[1].contains(r#""offset":4"#), "{}", frames[1]);
@@ -640,16 +665,16 @@ pub(crate) mod tests {
                 // The history read for the reply saw the stream up to offset 7.
                 subscription.go_live(|buffered| {
                     subscription.set_floor(7);
-                    let mut frames = vec![Utf8Bytes::from_static("reply up to 7")];
+                    let mut frames = vec![Bytes::from_static(b"reply up to 7")];
                     for later in buffered.iter().filter(|p| p.offset > 7) {
-                        frames.push(Utf8Bytes::from(format!("buffered {}", later.offset)));
+                        frames.push(Bytes::from(format!("buffered {}", later.offset)));
                     }
                     frames
                 });
             });
             let frames: Vec<String> = std::iter::from_fn(|| handle.try_batch())
                 .flat_map(|batch| batch.frames)
-                .map(|frame| frame.as_str().to_owned())
+                .map(|frame| String::from_utf8_lossy(frame.as_bytes()).into_owned())
                 .collect();
             let live_7 = frames.iter().filter(|f| f.contains(r#""offset":7"#)).count();
             let eights = frames.iter().filter(|f| f.contains(r#""offset":8"#) || *f == "buffered 8").count();
@@ -742,12 +767,12 @@ mod audience_properties {
                     .collect();
                 let frames = handle.try_batch().map(|b| b.frames).unwrap_or_default();
                 let offsets_of = |frame: &crate::outbound::QueuedFrame| -> Vec<u64> {
-                    frame.as_str().lines().map(|line| {
+                    frame.as_text().lines().map(|line| {
                         let value: serde_json::Value = serde_json::from_str(line).unwrap();
                         value["push"]["pub"]["offset"].as_u64().unwrap()
                     }).collect()
                 };
-                prop_assert!(frames.iter().all(|f| !f.as_str().contains("audience")));
+                prop_assert!(frames.iter().all(|f| !f.as_text().contains("audience")));
                 let expected_frames = admitted.len() + usize::from(!admitted.is_empty());
                 prop_assert_eq!(frames.len(), expected_frames);
                 let live: Vec<u64> = frames.iter().take(admitted.len()).flat_map(offsets_of).collect();

@@ -11,9 +11,10 @@
 //! shed publication is listed in a gap signal that goes out ahead of the next frames.
 
 use crate::direct_write::Sent;
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use herald_core::protocol::{Priority, SubscribeRequest};
+use herald_core::wire::{PushBody, WireFormat};
 use herald_core::Disconnect;
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -44,7 +45,7 @@ pub enum Control {
 /// offsets of one channel.
 #[derive(Debug, Clone)]
 pub struct PublicationFrame {
-    pub bytes: Utf8Bytes,
+    pub bytes: Bytes,
     pub channel: Arc<str>,
     pub offsets: Vec<u64>,
     pub priority: Priority,
@@ -57,20 +58,26 @@ pub struct PublicationFrame {
 #[derive(Debug, Clone)]
 pub enum QueuedFrame {
     /// A reply or other protocol frame: never shed.
-    Reply(Utf8Bytes),
+    Reply(Bytes),
     Publication(Arc<PublicationFrame>),
 }
 
 impl QueuedFrame {
-    pub fn as_str(&self) -> &str {
+    pub fn as_bytes(&self) -> &[u8] {
         match self {
-            QueuedFrame::Reply(bytes) => bytes.as_str(),
-            QueuedFrame::Publication(publication) => publication.bytes.as_str(),
+            QueuedFrame::Reply(bytes) => bytes,
+            QueuedFrame::Publication(publication) => &publication.bytes,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.as_str().len()
+        self.as_bytes().len()
+    }
+
+    /// A JSON frame's text, for tests that read what was queued.
+    #[cfg(test)]
+    pub(crate) fn as_text(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("a JSON frame")
     }
 
     pub fn is_empty(&self) -> bool {
@@ -154,6 +161,8 @@ pub struct Batch {
 
 pub struct ClientHandle {
     pub id: Arc<str>,
+    /// How this connection's frames are encoded: every frame queued here is in this form.
+    pub format: WireFormat,
     user: OnceLock<String>,
     queue: Mutex<Queue>,
     /// Orders for the session task. A deque that allocates only when used, rather than a
@@ -190,6 +199,7 @@ impl ClientHandle {
     pub fn new(id: impl Into<Arc<str>>, queue_max_bytes: usize) -> Self {
         Self {
             id: id.into(),
+            format: WireFormat::Json,
             user: OnceLock::new(),
             queue: Mutex::new(Queue::default()),
             controls: Mutex::new(VecDeque::new()),
@@ -199,6 +209,12 @@ impl ClientHandle {
             overflowed: AtomicBool::new(false),
             read_ready: AtomicBool::new(true),
         }
+    }
+
+    /// A handle for a connection that speaks `format`.
+    pub fn with_format(mut self, format: WireFormat) -> Self {
+        self.format = format;
+        self
     }
 
     /// The authenticated user; empty for anonymous connections and before connect.
@@ -213,7 +229,7 @@ impl ClientHandle {
 
     /// Queues a reply or protocol push. These are never shed: when one does not fit even after
     /// shedding, the client is disconnected as slow. Returns false when it was not queued.
-    pub fn send(&self, frame: Utf8Bytes) -> bool {
+    pub fn send(&self, frame: Bytes) -> bool {
         self.enqueue(QueuedFrame::Reply(frame), false) == Queued::Yes
     }
 
@@ -310,8 +326,8 @@ impl ClientHandle {
             return;
         };
         let count = queue.frames_per_write();
-        let frames = queue.entries.iter().take(count).map(|entry| entry.as_str().as_bytes());
-        let outcome = crate::direct_write::send_text(fd, frames);
+        let frames = queue.entries.iter().take(count).map(QueuedFrame::as_bytes);
+        let outcome = crate::direct_write::send(fd, self.format, frames);
         if matches!(outcome, Ok(Sent::All | Sent::Part(_))) {
             for _ in 0..count {
                 queue.remove(0);
@@ -382,7 +398,7 @@ impl ClientHandle {
             return Some(batch);
         }
         for (channel, gap) in std::mem::take(&mut queue.gaps) {
-            batch.frames.push(QueuedFrame::Reply(Utf8Bytes::from(gap_signal(&channel, &gap))));
+            batch.frames.push(QueuedFrame::Reply(Bytes::from(gap_signal(self.format, &channel, &gap))));
         }
         for _ in 0..queue.frames_per_write() {
             batch.frames.extend(queue.remove(0));
@@ -476,7 +492,7 @@ impl ClientHandle {
             let reply: serde_json::Value = serde_json::from_str(line).expect("queued frames are JSON lines");
             reply["push"]["pub"]["offset"].as_u64().expect("a publication push")
         };
-        frames.iter().map(|frame| frame.as_str().lines().map(offset).collect()).collect()
+        frames.iter().map(|frame| String::from_utf8_lossy(frame.as_bytes()).lines().map(offset).collect()).collect()
     }
 }
 
@@ -595,23 +611,24 @@ impl Queue {
     }
 }
 
-/// Several frames as one text frame: joining valid UTF-8 with newlines stays valid (and is how
-/// the protocol sends several replies at once), so nothing is validated again.
-pub fn pack_frames<'a>(frames: impl Iterator<Item = &'a Utf8Bytes> + Clone) -> Utf8Bytes {
-    let size: usize = frames.clone().map(|f| f.len() + 1).sum();
-    let mut packed = String::with_capacity(size);
+/// Several frames as one, the way the protocol sends several replies at once: JSON lines joined
+/// by newlines, Protobuf replies one after the other (each carries its length).
+pub fn pack_frames<'a>(format: WireFormat, frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let separator = format.separator();
+    let size: usize = frames.clone().map(|f| f.len() + separator.len()).sum();
+    let mut packed = Vec::with_capacity(size);
     for frame in frames {
         if !packed.is_empty() {
-            packed.push('\n');
+            packed.extend_from_slice(separator);
         }
-        packed.push_str(frame.as_str());
+        packed.extend_from_slice(frame);
     }
-    Utf8Bytes::from(packed)
+    Bytes::from(packed)
 }
 
 /// Herald's gap signal: a `message` push (which stock SDKs hand to the application's `message`
 /// handler and otherwise ignore) naming the publications of one channel that were shed.
-fn gap_signal(channel: &str, gap: &Gap) -> String {
+fn gap_signal(format: WireFormat, channel: &str, gap: &Gap) -> Vec<u8> {
     #[derive(Serialize)]
     struct GapBody<'a> {
         channel: &'a str,
@@ -627,28 +644,12 @@ fn gap_signal(channel: &str, gap: &Gap) -> String {
     struct Data<'a> {
         herald: Herald<'a>,
     }
-    #[derive(Serialize)]
-    struct Message<'a> {
-        data: Data<'a>,
-    }
-    #[derive(Serialize)]
-    struct Push<'a> {
-        message: Message<'a>,
-    }
-    #[derive(Serialize)]
-    struct Frame<'a> {
-        push: Push<'a>,
-    }
     let mut offsets = gap.offsets.clone();
     offsets.sort_unstable();
-    let frame = Frame {
-        push: Push {
-            message: Message {
-                data: Data { herald: Herald { gap: GapBody { channel, offsets, unnumbered: gap.unnumbered } } },
-            },
-        },
-    };
-    serde_json::to_string(&frame).unwrap_or_default()
+    let data = Data { herald: Herald { gap: GapBody { channel, offsets, unnumbered: gap.unnumbered } } };
+    // Serializing our own structs cannot fail.
+    let data = serde_json::value::to_raw_value(&data).unwrap_or_default();
+    format.push("", PushBody::Message(&data))
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -664,7 +665,7 @@ mod tests {
         // Same size for every offset below a million, so the limits below count frames.
         let pad = " ".repeat(6 - offset.to_string().len());
         let bytes =
-            Utf8Bytes::from(format!("{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"offset\":{offset}{pad}}}}}}}"));
+            Bytes::from(format!("{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"offset\":{offset}{pad}}}}}}}"));
         Arc::new(PublicationFrame {
             bytes,
             channel: Arc::from(channel),
@@ -682,7 +683,7 @@ mod tests {
         batch
             .frames
             .iter()
-            .filter_map(|f| serde_json::from_str::<Value>(f.as_str()).ok())
+            .filter_map(|f| serde_json::from_slice::<Value>(f.as_bytes()).ok())
             .filter_map(|v| v["push"]["pub"]["offset"].as_u64())
             .collect()
     }
@@ -691,7 +692,7 @@ mod tests {
         batch
             .frames
             .iter()
-            .filter_map(|f| serde_json::from_str::<Value>(f.as_str()).ok())
+            .filter_map(|f| serde_json::from_slice::<Value>(f.as_bytes()).ok())
             .filter_map(|v| v["push"]["message"]["data"]["herald"]["gap"]["offsets"].as_array().cloned())
             .flatten()
             .filter_map(|o| o.as_u64())
@@ -748,7 +749,7 @@ mod tests {
     fn replies_are_never_shed_and_taken_frames_free_the_queue() {
         let handle = ClientHandle::new("c", frame_size() * 2);
         handle.send_publication(publication("ch", 1, Priority::Low));
-        let reply = || Utf8Bytes::from("x".repeat(frame_size()));
+        let reply = || Bytes::from("x".repeat(frame_size()));
         assert!(handle.send(reply()));
         let batch = handle.try_batch().expect("queued");
         assert_eq!(batch.frames.len(), 2);
@@ -765,7 +766,7 @@ mod tests {
     #[test]
     fn an_empty_queue_takes_one_frame_larger_than_the_limit() {
         let handle = ClientHandle::new("c", 16);
-        assert!(handle.send(Utf8Bytes::from("r".repeat(1000))), "a large recovery reply still goes out");
-        assert!(!handle.send(Utf8Bytes::from("more")));
+        assert!(handle.send(Bytes::from("r".repeat(1000))), "a large recovery reply still goes out");
+        assert!(!handle.send(Bytes::from("more")));
     }
 }

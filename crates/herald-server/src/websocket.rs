@@ -6,11 +6,12 @@ use crate::metrics;
 use crate::node::{glob_match, Node};
 use crate::outbound::{ClientHandle, Control};
 use crate::ws_writer::PackedWrite;
-use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{Sink, Stream};
+use herald_core::wire::WireFormat;
 use herald_core::Disconnect;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
@@ -43,7 +44,7 @@ pub async fn handler(
         tracing::info!(origin = ?request.headers().get("origin"), "websocket origin not allowed");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
-    let accepted = match crate::ws_upgrade::accept(&mut request) {
+    let accepted = match crate::ws_upgrade::accept(&mut request, query.get("format").map(String::as_str)) {
         Ok(accepted) => accepted,
         Err(rejection) => {
             metrics::bad_input("bad_websocket_handshake");
@@ -58,7 +59,7 @@ pub async fn handler(
         .flatten()
         .map(|info| info.0 .0);
     drop(request);
-    let protobuf = query.get("format").is_some_and(|f| f == "protobuf");
+    let format = accepted.format;
     let limit = node.config().websocket.message_size_limit;
     // Small buffers: an idle connection should cost kilobytes, not the 128 KiB read buffer
     // tungstenite allocates by default. Clients send small commands (a connect with its token is
@@ -82,7 +83,7 @@ pub async fn handler(
         };
         let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
         // Built before it is awaited, so this future does not hold the socket a second time.
-        let connection = serve_connection(node, socket, protobuf, raw_socket);
+        let connection = serve_connection(node, socket, format, raw_socket);
         connection.await
     });
     accepted.response
@@ -103,7 +104,8 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
 
 /// Why the read side produced something for the session loop.
 enum Event {
-    Frame(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// A frame of commands in the connection's format.
+    Frame(Bytes),
     Control(Control),
     /// A ping or pong from the peer: it is alive.
     Alive,
@@ -124,7 +126,7 @@ enum Event {
 fn serve_connection(
     node: Node,
     socket: WebSocket,
-    protobuf: bool,
+    format: WireFormat,
     raw_socket: Option<std::os::fd::RawFd>,
 ) -> impl Future<Output = ()> + Send {
     // Built before the future, which then holds them once: an async fn would keep its socket
@@ -132,7 +134,7 @@ fn serve_connection(
     let client = &node.config().client;
     let (ping_interval, pong_timeout) = (client.ping_interval, client.pong_timeout);
     let client_id = uuid::Uuid::new_v4().to_string();
-    let handle = Arc::new(ClientHandle::new(client_id, client.queue_max_size));
+    let handle = Arc::new(ClientHandle::new(client_id, client.queue_max_size).with_format(format));
     let mut transport = Transport::new(socket, handle.clone(), node.config().websocket.write_timeout);
     if let Some(fd) = raw_socket {
         // Taken away again when the transport, which owns the socket, is dropped.
@@ -141,11 +143,7 @@ fn serve_connection(
     let mut session = Session::new(node.inner.clone(), handle);
     async move {
         metrics::connection_opened();
-        let outcome = if protobuf {
-            Err(Disconnect::INAPPROPRIATE_PROTOCOL)
-        } else {
-            session_loop(&node, &mut session, &mut transport, ping_interval, pong_timeout).await
-        };
+        let outcome = session_loop(&node, &mut session, &mut transport, ping_interval, pong_timeout).await;
         let disconnect = outcome.err().unwrap_or(Disconnect::CONNECTION_CLOSED);
         // Publishes in flight are in the engine's order already; their replies go out before
         // the close unless the engine takes longer than a client would wait.
@@ -230,11 +228,11 @@ async fn session_loop(
             session.flush_deferred();
         }
         let result = match event {
-            Event::Frame(text) => {
+            Event::Frame(frame) => {
                 timers.pong_deadline = None;
                 // Boxed: an idle connection's future holds only the loop, not the largest
                 // command's state.
-                transport.write_while(Box::pin(session.handle_frame(text.as_str()))).await
+                transport.write_while(Box::pin(session.handle_frame(&frame))).await
             }
             Event::Alive => {
                 timers.pong_deadline = None;
@@ -256,7 +254,7 @@ async fn session_loop(
                     session.check_expiry()
                 } else {
                     if connected && timers.next_ping <= now {
-                        transport.handle.send(Utf8Bytes::from_static("{}"));
+                        transport.handle.send(Bytes::from_static(transport.handle.format.ping()));
                         timers.next_ping = now + ping_interval;
                         if !pong_timeout.is_zero() && timers.pong_deadline.is_none() {
                             timers.pong_deadline = Some(now + pong_timeout);
@@ -419,7 +417,7 @@ impl Transport {
             }
             // A client disconnected as slow gets nothing more: it recovers from history.
             if !self.handle.overflowed() && !batch.frames.is_empty() {
-                match PackedWrite::text(batch.frames) {
+                match PackedWrite::new(self.handle.format, batch.frames) {
                     Ok(packed) => self.packed = Some(packed),
                     Err(_) => return self.fail(),
                 }
@@ -480,10 +478,15 @@ impl Transport {
             self.handle.keep_read_ready();
             self.tungstenite_dirty = true;
             return Poll::Ready(match message {
-                Some(Ok(Message::Text(text))) => Event::Frame(text),
-                Some(Ok(Message::Binary(_))) => {
-                    metrics::bad_input("binary_frame");
-                    tracing::info!(client = %self.handle.id, "binary frame on a JSON connection");
+                Some(Ok(Message::Text(text))) if self.handle.format == WireFormat::Json => Event::Frame(text.into()),
+                Some(Ok(Message::Binary(bytes))) if self.handle.format == WireFormat::Protobuf => Event::Frame(bytes),
+                Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                    metrics::bad_input("frame_type");
+                    tracing::info!(
+                        client = %self.handle.id,
+                        format = ?self.handle.format,
+                        "text frame on a Protobuf connection or binary frame on a JSON one"
+                    );
                     Event::Disconnect(Disconnect::BAD_REQUEST)
                 }
                 // Any sign of life answers the heartbeat; tungstenite answers pings itself.

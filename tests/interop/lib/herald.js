@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(here, '..', '..', '..');
@@ -197,6 +198,26 @@ export function newClient(server, options = {}) {
   server.clients.add(client);
   return client;
 }
+
+/**
+ * A stock Centrifuge client of the SDK's Protobuf build (subprotocol `centrifuge-protobuf`,
+ * binary frames), as the Swift, Kotlin and Dart SDKs speak. Its publication data are bytes.
+ */
+export function newProtobufClient(server, options = {}) {
+  const client = new ProtobufCentrifuge(server.ws, {
+    websocket: WebSocket,
+    minReconnectDelay: 100,
+    maxReconnectDelay: 1000,
+    timeout: 5000,
+    ...options,
+  });
+  server.clients.add(client);
+  return client;
+}
+
+/** JSON as the bytes a Protobuf client sends, and back. */
+export const jsonBytes = (value) => new TextEncoder().encode(JSON.stringify(value));
+export const fromJsonBytes = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
 
 /** Resolves with the first `event` payload of `emitter` that satisfies `pred`. */
 export function nextEvent(emitter, event, { pred = () => true, ms = 10000 } = {}) {
