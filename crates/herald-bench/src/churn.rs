@@ -1,12 +1,14 @@
 //! The `churn` scenario: for `--duration` seconds, `--concurrency` workers each connect, finish
-//! the protocol handshake (Herald: connect and subscribe replies; Socket.IO: the namespace
+//! the protocol handshake (Herald: connect and subscribe replies, in JSON or with `--encoding
+//! protobuf` in Protobuf; Socket.IO: the namespace
 //! connect packet; NATS: PONG after SUB), close, and start again, at most `--rate` per second
 //! over all. Reports connects and disconnects per second, handshake latency, and the server's
 //! memory and open descriptors before and after (a leak shows as growth).
 
 use crate::fanout::ws_config;
 use crate::net::{self, SocketOptions, Sources};
-use crate::{nats, procfs, subscribe, Target};
+use crate::protobuf::{self, Incoming};
+use crate::{nats, procfs, subscribe, Encoding, Target};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
@@ -45,6 +47,11 @@ pub struct ChurnArgs {
     /// Herald: connection token (empty: insecure mode / `herald serve --dev`).
     #[arg(long, default_value = "")]
     pub token: String,
+    /// Herald only: the client protocol's form the connections speak, json or protobuf
+    /// (`?format=protobuf`). In `compare` it applies to the herald targets (its
+    /// `herald-protobuf` target always uses protobuf).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
     /// The server's process id, for its memory and open descriptors before and after.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -89,6 +96,7 @@ struct Worker {
 pub fn measure(args: ChurnArgs) -> Result<Value> {
     anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(args.duration >= 1, "--duration must be at least 1 second");
+    args.encoding.check(args.target)?;
     net::ensure_open_files(args.concurrency)?;
     let addr = args.addr.clone().unwrap_or_else(|| default_addr(args.target).to_owned());
     let sources = Sources::for_server(net::host_of(&addr), args.source_addrs, args.concurrency)?;
@@ -152,8 +160,9 @@ pub fn measure(args: ChurnArgs) -> Result<Value> {
     };
     Ok(json!({
         "scenario": "churn",
-        "label": args.label.clone().unwrap_or_else(|| args.target.name().to_owned()),
+        "label": args.label.clone().unwrap_or_else(|| crate::default_label(args.target, args.encoding)),
         "target": args.target.name(),
+        "encoding": args.encoding.name(),
         "addr": addr,
         "duration_s": (seconds * 100.0).round() / 100.0,
         "concurrency": args.concurrency,
@@ -197,7 +206,7 @@ async fn worker(
         handshake: subscribe::latency_histogram().expect("constant histogram bounds are valid"),
         first_error: None,
     };
-    let url = subscribe::url(args.target, &addr, &args.channel);
+    let url = subscribe::url(args.target, args.encoding, &addr, &args.channel);
     let bound = Duration::from_secs(args.timeout.max(1));
     // Each worker walks the source addresses from its own starting point.
     let mut cycle = index;
@@ -269,7 +278,12 @@ fn is_reset(error: &anyhow::Error) -> bool {
 
 /// The protocol handshake of one connection, until the server confirmed the subscription.
 async fn handshake(socket: &mut WebSocketStream<TcpStream>, args: &ChurnArgs) -> Result<()> {
+    let over_protobuf = args.target == Target::Herald && args.encoding == Encoding::Protobuf;
     match args.target {
+        Target::Herald if over_protobuf => {
+            let payload = protobuf::handshake(&args.token, &args.channel, None);
+            socket.send(Message::Binary(payload.into())).await?;
+        }
         Target::Herald => {
             let connect = json!({"id": 1, "connect": {"token": args.token}});
             let subscribe = json!({"id": 2, "subscribe": {"channel": args.channel}});
@@ -284,13 +298,30 @@ async fn handshake(socket: &mut WebSocketStream<TcpStream>, args: &ChurnArgs) ->
     }
     let mut reader = nats::Reader::default();
     while let Some(message) = socket.next().await {
-        let data = match message? {
-            Message::Text(text) => text.as_bytes().to_vec(),
-            Message::Binary(bytes) => bytes.to_vec(),
+        let (data, binary) = match message? {
+            Message::Text(text) => (text.as_bytes().to_vec(), false),
+            Message::Binary(bytes) => (bytes.to_vec(), true),
             Message::Close(frame) => bail!("closed by the server during the handshake: {frame:?}"),
             _ => continue,
         };
         match args.target {
+            Target::Herald if over_protobuf => {
+                anyhow::ensure!(binary, "text frame on a Protobuf connection");
+                for message in protobuf::messages(&data) {
+                    match protobuf::incoming(message?)? {
+                        Incoming::Ping => socket.send(Message::Binary(protobuf::PONG.to_vec().into())).await?,
+                        Incoming::Publication(_) | Incoming::OtherPush => {}
+                        Incoming::Reply(reply) => {
+                            if let Some(refusal) = protobuf::refusal(&reply) {
+                                bail!(refusal);
+                            }
+                            if reply.id == 2 {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
             Target::Herald => {
                 for line in std::str::from_utf8(&data)?.split('\n').filter(|line| !line.is_empty()) {
                     let reply: Value = serde_json::from_str(line).with_context(|| format!("bad frame {line}"))?;

@@ -1,12 +1,17 @@
 //! `herald-bench compare SCENARIO`: runs one scenario against Herald and each peer in turn, in
 //! one run on this machine (each server started here on free ports and stopped by its PID, or
 //! given by address), and prints the figures side by side with Herald-versus-peer ratios.
+//!
+//! Herald targets: `herald` (durable engine), `herald-memory` (in-memory engine) and
+//! `herald-protobuf` (the durable engine, subscribers speaking the Protobuf client protocol; the
+//! publisher stays on JSON). The first Herald row that ran cleanly is the baseline of the ratios;
+//! every further clean Herald row gets its own table of ratios against the same peers.
 
 use crate::churn::{self, ChurnArgs};
 use crate::idle::{self, IdleArgs};
 use crate::servers::{self, Install, Server};
 use crate::slow::{self, SlowArgs};
-use crate::{fanout, FanoutArgs, Target};
+use crate::{fanout, Encoding, FanoutArgs, Target};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -14,13 +19,17 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// Targets in order; the first whose name starts with "herald" is the baseline of the ratios.
+    /// Targets in order, among herald (durable engine), herald-memory (in-memory engine),
+    /// herald-protobuf (durable engine, subscribers over Protobuf), socketio and nats. The first
+    /// whose name starts with "herald" is the baseline of the ratios; each further herald target
+    /// gets its own ratios against the peers.
     #[arg(long, value_delimiter = ',', default_value = "herald,herald-memory,socketio,nats")]
     pub targets: Vec<String>,
     /// Herald binary to start.
     #[arg(long, default_value = "target/release/herald")]
     pub herald_bin: PathBuf,
-    /// Use a Herald running at this address (host:port) instead of starting one.
+    /// Use a Herald running at this address (host:port) instead of starting one (for every
+    /// herald target).
     #[arg(long)]
     pub herald_addr: Option<String>,
     /// PID of the Herald at --herald-addr (for CPU and memory figures).
@@ -174,7 +183,14 @@ pub fn run(args: CompareArgs) -> Result<bool> {
     let (name, metrics) = metrics(&args.scenario);
     let ratios = advantages(&rows, &metrics);
     let all_ok = rows.iter().all(|row| row["status"] == "ok");
-    let document = json!({"scenario": name, "started": started_at, "rows": rows, "herald_advantage": ratios});
+    let document = json!({
+        "scenario": name,
+        "started": started_at,
+        "rows": rows,
+        // The first Herald row against the peers, then each further Herald row against them.
+        "herald_advantage": ratios.first().cloned().unwrap_or_else(|| json!({})),
+        "other_herald_advantages": ratios.get(1..).unwrap_or_default(),
+    });
     if let Some(path) = &args.json_out {
         std::fs::write(path, format!("{document}\n")).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -188,7 +204,7 @@ pub fn run(args: CompareArgs) -> Result<bool> {
 
 fn server_for(label: &str, args: &CompareArgs, install: &Install) -> Result<Server> {
     let external = match label {
-        "herald" | "herald-memory" => {
+        "herald" | "herald-memory" | "herald-protobuf" => {
             args.herald_addr.clone().map(|addr| (Target::Herald, addr, None, args.herald_pid))
         }
         "socketio" => args.socketio_addr.clone().map(|addr| (Target::Socketio, addr, None, args.socketio_pid)),
@@ -201,7 +217,18 @@ fn server_for(label: &str, args: &CompareArgs, install: &Install) -> Result<Serv
     }
 }
 
+/// The encoding of a target's subscribers: Protobuf for `herald-protobuf`, the scenario's
+/// `--encoding` for the other Herald targets, the peer's own protocol (JSON here) for the peers.
+fn encoding_for(server: &Server, requested: Encoding) -> Encoding {
+    match server.target {
+        Target::Herald if server.label == "herald-protobuf" => Encoding::Protobuf,
+        Target::Herald => requested,
+        Target::Socketio | Target::Nats => Encoding::Json,
+    }
+}
+
 fn for_server(mut args: FanoutArgs, server: &Server) -> FanoutArgs {
+    args.encoding = encoding_for(server, args.encoding);
     args.target = server.target;
     args.addr = Some(server.addr.clone());
     if let Some(tcp) = &server.nats_tcp {
@@ -220,6 +247,7 @@ fn measure(scenario: &Scenario, server: &Server) -> Result<Value> {
         }
         Scenario::Idle(args) => {
             let mut args = args.clone();
+            args.encoding = encoding_for(server, args.encoding);
             args.target = server.target;
             args.addr = Some(server.addr.clone());
             args.server_pid = server.pid;
@@ -228,6 +256,7 @@ fn measure(scenario: &Scenario, server: &Server) -> Result<Value> {
         }
         Scenario::Churn(args) => {
             let mut args = args.clone();
+            args.encoding = encoding_for(server, args.encoding);
             args.target = server.target;
             args.addr = Some(server.addr.clone());
             args.server_pid = server.pid;
@@ -246,14 +275,25 @@ fn label(row: &Value) -> &str {
     row["label"].as_str().unwrap_or("?")
 }
 
-/// For every peer and figure, how many times better Herald is (> 1: Herald better): the peer's
-/// value over Herald's where lower is better, Herald's over the peer's where higher is better.
-fn advantages(rows: &[Value], metrics: &[Metric]) -> Value {
-    let Some(base) = rows.iter().find(|row| label(row).starts_with("herald") && row["status"] == "ok") else {
-        return json!({});
-    };
+fn is_herald(row: &Value) -> bool {
+    label(row).starts_with("herald")
+}
+
+/// The ratio tables: one per Herald row that ran cleanly, in order (the first is the baseline,
+/// `herald_advantage`), each against every peer (the rows that are not Herald).
+fn advantages(rows: &[Value], metrics: &[Metric]) -> Vec<Value> {
+    rows.iter()
+        .filter(|row| is_herald(row) && row["status"] == "ok")
+        .map(|base| advantage_of(base, rows, metrics))
+        .collect()
+}
+
+/// For every peer and figure, how many times better the Herald row `base` is (> 1: Herald
+/// better): the peer's value over Herald's where lower is better, Herald's over the peer's where
+/// higher is better.
+fn advantage_of(base: &Value, rows: &[Value], metrics: &[Metric]) -> Value {
     let mut out = serde_json::Map::new();
-    for row in rows.iter().filter(|row| !label(row).starts_with("herald")) {
+    for row in rows.iter().filter(|row| !is_herald(row)) {
         let mut per_metric = serde_json::Map::new();
         for metric in metrics.iter().filter(|m| m.ratio) {
             let ratio = advantage(base.pointer(metric.pointer), row.pointer(metric.pointer), metric.higher_is_better);
@@ -271,7 +311,7 @@ fn advantage(herald: Option<&Value>, peer: Option<&Value>, higher_is_better: boo
     (denominator > 0.0 && numerator.is_finite()).then(|| numerator / denominator)
 }
 
-fn render(name: &str, started: &str, rows: &[Value], metrics: &[Metric], ratios: &Value) -> String {
+fn render(name: &str, started: &str, rows: &[Value], metrics: &[Metric], ratios: &[Value]) -> String {
     let mut out = format!("{name}, started {started}\n\n| target | status |");
     for metric in metrics {
         out.push_str(&format!(" {} |", metric.title));
@@ -286,8 +326,9 @@ fn render(name: &str, started: &str, rows: &[Value], metrics: &[Metric], ratios:
         }
         out.push('\n');
     }
-    let base = ratios["baseline"].as_str().unwrap_or("herald");
-    if let Some(peers) = ratios["peers"].as_object().filter(|p| !p.is_empty()) {
+    for table in ratios {
+        let base = table["baseline"].as_str().unwrap_or("herald");
+        let Some(peers) = table["peers"].as_object().filter(|p| !p.is_empty()) else { continue };
         let rated: Vec<&Metric> = metrics.iter().filter(|m| m.ratio).collect();
         out.push_str(&format!("\nHerald advantage ({base} versus each peer; > 1 means {base} is better):\n\n| peer |"));
         for metric in &rated {
@@ -335,7 +376,9 @@ pub fn utc_now() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{advantage, advantages, metric, utc_now};
+    use super::{advantage, advantages, encoding_for, metric, render, utc_now};
+    use crate::servers::Server;
+    use crate::{Encoding, Target};
     use serde_json::json;
 
     #[test]
@@ -349,8 +392,55 @@ mod tests {
             json!({"label": "nats", "status": "ok", "deliveries_per_sec": 100.0}),
         ];
         let ratios = advantages(&rows, &[metric("deliveries/s", "/deliveries_per_sec", true)]);
-        assert_eq!(ratios["baseline"], "herald");
-        assert_eq!(ratios["peers"]["nats"]["deliveries/s"], 3.0);
+        assert_eq!(ratios.len(), 1);
+        assert_eq!(ratios[0]["baseline"], "herald");
+        assert_eq!(ratios[0]["peers"]["nats"]["deliveries/s"], 3.0);
+    }
+
+    #[test]
+    fn each_further_herald_row_gets_its_own_ratios() {
+        let metrics = [metric("deliveries/s", "/deliveries_per_sec", true), metric("p99 ms", "/latency_ms/p99", false)];
+        let row = |label: &str, status: &str, rate: f64, p99: f64| json!({"label": label, "status": status, "deliveries_per_sec": rate, "latency_ms": {"p99": p99}});
+        let rows = [
+            row("herald", "ok", 300.0, 2.0),
+            row("herald-protobuf", "ok", 400.0, 1.0),
+            row("nats", "ok", 100.0, 4.0),
+            row("socketio", "error: not started", 0.0, 0.0),
+        ];
+        let ratios = advantages(&rows, &metrics);
+        assert_eq!(ratios.len(), 2);
+        assert_eq!(ratios[0]["baseline"], "herald");
+        assert_eq!(ratios[0]["peers"]["nats"]["deliveries/s"], 3.0);
+        assert_eq!(ratios[0]["peers"]["nats"]["p99 ms"], 2.0);
+        assert!(ratios[0]["peers"].get("herald-protobuf").is_none(), "Herald rows are not peers");
+        assert_eq!(ratios[1]["baseline"], "herald-protobuf");
+        assert_eq!(ratios[1]["peers"]["nats"]["deliveries/s"], 4.0);
+        assert_eq!(ratios[1]["peers"]["nats"]["p99 ms"], 4.0);
+        let table = render("fanout", "now", &rows, &metrics, &ratios);
+        assert!(table.contains("Herald advantage (herald versus each peer"), "{table}");
+        assert!(table.contains("Herald advantage (herald-protobuf versus each peer"), "{table}");
+        assert!(table.contains("| nats | 4.00x | 4.00x |"), "{table}");
+
+        // A failed first Herald row leaves the baseline to the next one.
+        let rows =
+            [row("herald", "error", 0.0, 0.0), row("herald-protobuf", "ok", 400.0, 1.0), row("nats", "ok", 100.0, 4.0)];
+        let ratios = advantages(&rows, &metrics);
+        assert_eq!(ratios.len(), 1);
+        assert_eq!(ratios[0]["baseline"], "herald-protobuf");
+        // Only Herald rows: nothing to compare with, no ratio table.
+        let rows = [row("herald", "ok", 300.0, 2.0), row("herald-protobuf", "ok", 400.0, 1.0)];
+        let table = render("fanout", "now", &rows, &metrics, &advantages(&rows, &metrics));
+        assert!(!table.contains("advantage"), "{table}");
+    }
+
+    #[test]
+    fn herald_protobuf_runs_its_subscribers_over_protobuf() {
+        let server = |label: &str, target| Server::external(label, target, "127.0.0.1:1".into(), None, None);
+        let herald_protobuf = server("herald-protobuf", Target::Herald);
+        assert_eq!(encoding_for(&herald_protobuf, Encoding::Json), Encoding::Protobuf);
+        assert_eq!(encoding_for(&server("herald", Target::Herald), Encoding::Json), Encoding::Json);
+        assert_eq!(encoding_for(&server("herald-memory", Target::Herald), Encoding::Protobuf), Encoding::Protobuf);
+        assert_eq!(encoding_for(&server("nats", Target::Nats), Encoding::Protobuf), Encoding::Json);
     }
 
     #[test]

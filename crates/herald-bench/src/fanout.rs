@@ -90,6 +90,7 @@ pub fn measure(args: FanoutArgs, extra: Extra) -> Result<Value> {
     net::ensure_open_files(args.subscribers + 1)?;
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.connect_concurrency >= 1, "--connect-concurrency must be at least 1");
+    args.encoding.check(args.target)?;
     let publish_over = args.publish_over.unwrap_or(match args.target {
         Target::Herald | Target::Socketio => PublishOver::Http,
         Target::Nats => PublishOver::Tcp,
@@ -281,8 +282,9 @@ async fn scenario(shared: Arc<Shared>, hold: Option<Duration>) -> Result<Value> 
     errors.dedup();
     errors.truncate(5);
     Ok(json!({
-        "label": args.label.clone().unwrap_or_else(|| args.target.name().to_owned()),
+        "label": args.label.clone().unwrap_or_else(|| crate::default_label(args.target, args.encoding)),
         "target": args.target.name(),
+        "encoding": args.encoding.name(),
         "addr": shared.addr,
         "publish_over": format!("{:?}", shared.publish_over).to_lowercase(),
         "subscribers": args.subscribers,
@@ -358,11 +360,15 @@ fn print_summary(report: &Value) {
     let num = |v: &Value| v.as_f64().unwrap_or_default();
     let lat = &report["latency_ms"];
     println!(
-        "{} ({}, publish over {}): {} subscribers x {} messages at {}",
+        "{} ({}, publish over {}): {} subscribers{} x {} messages at {}",
         report["label"].as_str().unwrap_or_default(),
         report["addr"].as_str().unwrap_or_default(),
         report["publish_over"].as_str().unwrap_or_default(),
         report["subscribers"],
+        match report["encoding"].as_str() {
+            Some("protobuf") => " (protobuf)",
+            _ => "",
+        },
         report["messages"],
         match report["rate"].as_u64() {
             Some(0) => "the acknowledged rate".to_owned(),

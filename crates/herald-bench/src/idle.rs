@@ -3,7 +3,7 @@
 //! and after, from /proc/PID/status) and the connection setup rate.
 
 use crate::fanout::{self, Extra};
-use crate::{procfs, FanoutArgs, Target};
+use crate::{procfs, Encoding, FanoutArgs, Target};
 use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
@@ -35,6 +35,11 @@ pub struct IdleArgs {
     /// Herald: connection token (empty: insecure mode / `herald serve --dev`).
     #[arg(long, default_value = "")]
     pub token: String,
+    /// Herald only: the client protocol's form the connections speak, json or protobuf
+    /// (`?format=protobuf`). In `compare` it applies to the herald targets (its
+    /// `herald-protobuf` target always uses protobuf).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
     /// The server's process id: required for the memory figures.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -87,6 +92,7 @@ pub fn measure(args: IdleArgs) -> Result<Value> {
         server_pid: args.server_pid,
         source_addrs: args.source_addrs,
         subscriber_addrs: Vec::new(),
+        encoding: args.encoding,
     };
     let before = args.server_pid.and_then(procfs::rss_kib);
     let fds_before = args.server_pid.and_then(procfs::open_fds);
@@ -115,6 +121,7 @@ pub fn measure(args: IdleArgs) -> Result<Value> {
         "scenario": "idle",
         "label": run["label"],
         "target": args.target.name(),
+        "encoding": args.encoding.name(),
         "addr": run["addr"],
         "connections": args.connections,
         "subscribed": subscribed,

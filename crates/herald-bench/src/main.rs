@@ -10,6 +10,10 @@
 //! them against Herald and each peer, starting the servers itself, and prints Herald-versus-peer
 //! ratios; `table` turns the JSON lines of several `fanout` runs into a markdown table.
 //!
+//! Against Herald, the subscribers speak the client protocol's JSON form by default, or its
+//! Protobuf form with `--encoding protobuf` (`fanout`, `latency`, `slow`, `idle`, `churn`; the
+//! publisher stays on JSON); `compare` has a `herald-protobuf` target for it.
+//!
 //! Connections are spread over local source addresses 127.0.0.2, 127.0.0.3, ... (each has its
 //! own ephemeral ports), and the open-file soft limit is raised to the hard limit at start.
 //!
@@ -23,6 +27,7 @@ mod idle;
 mod nats;
 mod net;
 mod procfs;
+mod protobuf;
 mod publish;
 mod readers;
 mod sdk;
@@ -161,11 +166,57 @@ pub struct FanoutArgs {
     /// (each has its own ~28,000 ephemeral ports); 0: one per 5,000 subscribers. Loopback only.
     #[arg(long, default_value_t = 0)]
     pub source_addrs: usize,
+    /// Herald only: how the subscribers speak the client protocol. `json`: text frames;
+    /// `protobuf`: binary frames of length-delimited Protobuf messages (`?format=protobuf`),
+    /// publication data still JSON. The publisher speaks JSON either way. In `compare` it applies
+    /// to the herald targets (its `herald-protobuf` target always uses protobuf).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
+}
+
+/// The form of the Centrifugo client protocol a Herald subscriber speaks.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug, Default)]
+pub enum Encoding {
+    /// JSON text frames, newline-separated.
+    #[default]
+    Json,
+    /// Protobuf binary frames, each message prefixed by its length as a varint.
+    Protobuf,
+}
+
+impl Encoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+
+    /// Refuses an encoding the target does not speak (only Herald has a Protobuf form).
+    pub fn check(self, target: Target) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self == Encoding::Json || target == Target::Herald,
+            "--encoding {} is for the herald target only ({} has no such client protocol)",
+            self.name(),
+            target.name()
+        );
+        Ok(())
+    }
+}
+
+/// The name of a run in the output when `--label` is not given: the target, and the encoding
+/// when it is not the default.
+pub fn default_label(target: Target, encoding: Encoding) -> String {
+    match encoding {
+        Encoding::Json => target.name().to_owned(),
+        Encoding::Protobuf => format!("{}-{}", target.name(), encoding.name()),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
 pub enum Target {
-    /// Herald or Centrifugo: client protocol v2 JSON, server HTTP API.
+    /// Herald or Centrifugo: client protocol v2 (JSON, or Protobuf with `--encoding protobuf`),
+    /// server HTTP API.
     Herald,
     /// Socket.IO v4 (engine.io frames over WebSocket), `shared/peers/socketio-server.js`.
     Socketio,

@@ -2,7 +2,7 @@
 //! acknowledged), over HTTP, NATS TCP or a client WebSocket connection. Bounded by the deadline.
 
 use crate::fanout::{now_ns, ws_config, Shared};
-use crate::{nats, subscribe, PublishOver, Target};
+use crate::{nats, subscribe, Encoding, PublishOver, Target};
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -294,7 +294,8 @@ async fn websocket(shared: &Shared, deadline: Instant, outcome: &mut Outcome) ->
     // The Socket.IO publisher joins no room, so it does not receive its own messages.
     let url = match target {
         Target::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", shared.addr),
-        _ => subscribe::url(target, &shared.addr, &args.channel),
+        // JSON whatever the subscribers' encoding: mixed publishers and subscribers are a real setup.
+        _ => subscribe::url(target, Encoding::Json, &shared.addr, &args.channel),
     };
     let connect = tokio_tungstenite::connect_async_with_config(&url, Some(ws_config()), true);
     let (mut socket, _) = tokio::time::timeout_at(deadline.into(), connect)

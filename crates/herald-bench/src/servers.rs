@@ -1,5 +1,6 @@
 //! Servers under test that `compare` starts itself on free loopback ports: Herald (durable or
-//! in-memory engine), Socket.IO (`shared/peers/socketio-server.js`) and NATS with its WebSocket
+//! in-memory engine; `herald-protobuf` is the durable one again, for subscribers speaking
+//! Protobuf), Socket.IO (`shared/peers/socketio-server.js`) and NATS with its WebSocket
 //! listener. Each is stopped by its own PID (SIGTERM, then SIGKILL) when dropped.
 
 use crate::Target;
@@ -8,6 +9,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The targets `compare` knows, for messages.
+pub const TARGETS: &str = "herald, herald-memory, herald-protobuf, socketio or nats";
 
 /// Where to find the servers.
 #[derive(Clone, Debug)]
@@ -37,7 +41,7 @@ impl Server {
         Self { label: label.to_owned(), target, addr, nats_tcp, pid, child: None }
     }
 
-    /// Starts `label` (herald, herald-memory, socketio or nats) on free ports and waits until
+    /// Starts `label` (herald, herald-memory, herald-protobuf, socketio or nats) on free ports and waits until
     /// it accepts connections.
     pub fn start(label: &str, install: &Install) -> Result<Self> {
         std::fs::create_dir_all(&install.work_dir)
@@ -49,7 +53,7 @@ impl Server {
         let port = ports[0];
         let addr = format!("127.0.0.1:{port}");
         let (target, mut command, nats_tcp) = match label {
-            "herald" | "herald-memory" => {
+            "herald" | "herald-memory" | "herald-protobuf" => {
                 anyhow::ensure!(
                     install.herald_bin.is_file(),
                     "{} does not exist: build it with `cargo build --release -p herald` or pass --herald-bin",
@@ -85,7 +89,7 @@ impl Server {
                 command.arg("-c").arg(&conf.path);
                 (Target::Nats, command, Some(conf.tcp))
             }
-            other => bail!("unknown target {other}: use herald, herald-memory, socketio or nats"),
+            other => bail!("unknown target {other}: use {TARGETS}"),
         };
         let child = command
             .stdin(Stdio::null())

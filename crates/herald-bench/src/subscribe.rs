@@ -2,11 +2,11 @@
 //! duplicate, out of order) and records publish-to-receive latency until told to stop.
 
 use crate::fanout::{ns_since_start, Shared};
-use crate::nats;
 use crate::net::SocketOptions;
+use crate::protobuf::{self, Incoming};
 use crate::readers::{Readers, Subscribed};
 use crate::wire::{self, Message};
-use crate::Target;
+use crate::{nats, Encoding, FanoutArgs, Target};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
@@ -178,9 +178,13 @@ pub fn number_after(text: &[u8], pattern: &Finder<'_>) -> Option<(u64, usize)> {
 /// right after the channel, so only the start of the line is searched.
 const PUSH_KIND_WITHIN: usize = 512;
 
-pub fn url(target: Target, addr: &str, channel: &str) -> String {
+/// The WebSocket URL of `target`; for Herald, `encoding` picks the client protocol's form.
+pub fn url(target: Target, encoding: Encoding, addr: &str, channel: &str) -> String {
     match target {
-        Target::Herald => format!("ws://{addr}/connection/websocket"),
+        Target::Herald => match encoding {
+            Encoding::Json => format!("ws://{addr}/connection/websocket"),
+            Encoding::Protobuf => format!("ws://{addr}/connection/websocket?format=protobuf"),
+        },
         Target::Socketio => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&room={channel}"),
         Target::Nats => format!("ws://{addr}"),
     }
@@ -191,14 +195,15 @@ pub fn url(target: Target, addr: &str, channel: &str) -> String {
 /// confirmation and refusals.
 pub struct Protocol {
     target: Target,
+    encoding: Encoding,
     nats: nats::Reader,
     /// The server confirmed the subscription.
     pub subscribed: bool,
 }
 
 impl Protocol {
-    pub fn new(target: Target) -> Self {
-        Self { target, nats: nats::Reader::default(), subscribed: false }
+    pub fn new(target: Target, encoding: Encoding) -> Self {
+        Self { target, encoding, nats: nats::Reader::default(), subscribed: false }
     }
 
     /// Handles one message; frames to send back go to `replies`.
@@ -214,6 +219,25 @@ impl Protocol {
         };
         let binary = matches!(message, Message::Binary(_));
         match self.target {
+            Target::Herald if self.encoding == Encoding::Protobuf => {
+                anyhow::ensure!(binary, "text frame on a Protobuf connection");
+                for message in protobuf::messages(data) {
+                    match protobuf::incoming(message?)? {
+                        // The data's JSON is in the push as it is: scanned, not decoded.
+                        Incoming::Publication(push) => local.record(push, &PLAIN),
+                        Incoming::Ping => replies.push(wire::binary_frame(&protobuf::PONG)),
+                        Incoming::OtherPush => {}
+                        Incoming::Reply(reply) => {
+                            if let Some(refusal) = protobuf::refusal(&reply) {
+                                bail!(refusal);
+                            }
+                            if reply.id == 2 {
+                                self.subscribed = true;
+                            }
+                        }
+                    }
+                }
+            }
             Target::Herald => {
                 anyhow::ensure!(!binary, "binary frame from a JSON server");
                 for line in lines(data) {
@@ -341,28 +365,31 @@ async fn subscribe(
         source: shared.sources.pick(index),
         recv_buffer: local.slow.then_some(shared.slow_recv_buffer),
     };
-    let mut connection = wire::Connection::open(&url(args.target, addr, &args.channel), options).await?;
-    match args.target {
-        Target::Herald => {
-            let subscribe = if args.filters > 0 {
-                let group = format!("g{}", index % args.filters);
-                let filters = json!([{"key": "group", "cmp": "eq", "val": group}]);
-                json!({"id": 2, "subscribe": {"channel": args.channel, "data": {"herald": {"filters": filters}}}})
-            } else {
-                json!({"id": 2, "subscribe": {"channel": args.channel}})
+    let url = url(args.target, args.encoding, addr, &args.channel);
+    let mut connection = wire::Connection::open(&url, options).await?;
+    match (args.target, args.encoding) {
+        (Target::Herald, Encoding::Json) => {
+            let subscribe = match subscribe_data(args, index) {
+                Some(data) => json!({"id": 2, "subscribe": {"channel": args.channel, "data": data}}),
+                None => json!({"id": 2, "subscribe": {"channel": args.channel}}),
             };
             let frame = format!("{}\n{subscribe}", json!({"id": 1, "connect": {"token": args.token}}));
             connection.send(&wire::text_frame(&frame)).await?;
         }
+        (Target::Herald, Encoding::Protobuf) => {
+            let data = subscribe_data(args, index).map(|data| data.to_string().into_bytes());
+            let payload = protobuf::handshake(&args.token, &args.channel, data);
+            connection.send(&wire::binary_frame(&payload)).await?;
+        }
         // The server sends the engine.io open packet first; the room is joined from the URL.
-        Target::Socketio => {}
-        Target::Nats => {
+        (Target::Socketio, _) => {}
+        (Target::Nats, _) => {
             let frame =
                 format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\nPING\r\n", args.channel);
             connection.send(&wire::text_frame(&frame)).await?;
         }
     }
-    let mut protocol = Protocol::new(args.target);
+    let mut protocol = Protocol::new(args.target, args.encoding);
     let (mut buf, mut replies) = (Vec::with_capacity(4096), Vec::new());
     // Messages that came with the handshake response (Socket.IO's open packet, which waits
     // for an answer) are handled before anything else is read.
@@ -380,6 +407,15 @@ async fn subscribe(
     }
 }
 
+/// The `data` of subscriber `index`'s subscribe command with `--filters`: its group's filter
+/// (JSON in both encodings; Protobuf carries it as the bytes of that JSON).
+fn subscribe_data(args: &FanoutArgs, index: usize) -> Option<Value> {
+    (args.filters > 0).then(|| {
+        let group = format!("g{}", index % args.filters);
+        json!({"herald": {"filters": [{"key": "group", "cmp": "eq", "val": group}]}})
+    })
+}
+
 /// Resolves when the run is told to stop or its deadline passes.
 async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
     tokio::select! {
@@ -390,7 +426,72 @@ async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::{lines, number_after, ESCAPED, PLAIN};
+    use super::{lines, number_after, Local, Protocol, ESCAPED, PLAIN};
+    use crate::wire::{self, Message};
+    use crate::{Encoding, Target};
+    use herald_core::wire::proto::{self, Publication, Push, Reply};
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    fn publication_reply(data: &[u8], offset: u64) -> Reply {
+        Reply {
+            push: Some(Push {
+                channel: "bench".into(),
+                publication: Some(Publication { data: data.to_vec(), offset, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_protobuf_publications_and_answers_pings() {
+        let mut protocol = Protocol::new(Target::Herald, Encoding::Protobuf);
+        let mut local = Local::new(10);
+        let mut replies = Vec::new();
+        let subscribed = Reply { id: 2, subscribe: Some(proto::SubscribeResult::default()), ..Default::default() };
+        let mut frame = Reply { id: 1, connect: Some(proto::ConnectResult::default()), ..Default::default() }
+            .encode_length_delimited_to_vec();
+        frame.extend(subscribed.encode_length_delimited_to_vec());
+        protocol.on_message(Message::Binary(&frame), &mut local, &mut replies).unwrap();
+        assert!(protocol.subscribed);
+        assert!(replies.is_empty());
+
+        let push = publication_reply(br#"{"seq":7,"ts":12345,"p":"xx"}"#, 3).encode_length_delimited_to_vec();
+        protocol.on_message(Message::Binary(&push), &mut local, &mut replies).unwrap();
+        assert_eq!((local.unique, local.unexpected, local.max_seq), (1, 0, 7));
+        assert_ne!(local.seen[0] & (1 << 7), 0, "seq 7 recorded");
+        assert!(replies.is_empty());
+
+        // A ping (the empty reply) between two publications in one frame, the second a duplicate.
+        let mut frame = publication_reply(br#"{"seq":2,"ts":1}"#, 4).encode_length_delimited_to_vec();
+        frame.push(0);
+        frame.extend(push);
+        protocol.on_message(Message::Binary(&frame), &mut local, &mut replies).unwrap();
+        assert_eq!((local.unique, local.duplicates, local.out_of_order), (2, 1, 1));
+        assert_eq!(replies.len(), 1);
+        assert_eq!(wire::parse_client_frame(&replies[0]), (OpCode::Data(Data::Binary), vec![0]));
+    }
+
+    #[test]
+    fn protobuf_refusals_and_text_frames_are_errors() {
+        let mut protocol = Protocol::new(Target::Herald, Encoding::Protobuf);
+        let (mut local, mut replies) = (Local::new(10), Vec::new());
+        let refused = Reply {
+            id: 2,
+            error: Some(proto::Error { code: 103, message: "permission denied".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let frame = refused.encode_length_delimited_to_vec();
+        let error = protocol.on_message(Message::Binary(&frame), &mut local, &mut replies).unwrap_err();
+        assert!(error.to_string().contains("103 permission denied"), "{error}");
+        assert!(protocol.on_message(Message::Text(b"{}"), &mut local, &mut replies).is_err());
+        assert!(protocol.on_message(Message::Binary(&[5, 1]), &mut local, &mut replies).is_err(), "truncated");
+        assert!(!protocol.subscribed);
+        // The JSON protocol refuses binary frames as before.
+        let mut json = Protocol::new(Target::Herald, Encoding::Json);
+        assert!(json.on_message(Message::Binary(&[0]), &mut local, &mut replies).is_err());
+    }
 
     #[test]
     fn finds_numbers_in_any_wrapping() {

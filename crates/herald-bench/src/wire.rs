@@ -158,8 +158,23 @@ pub fn text_frame(text: &str) -> Vec<u8> {
     client_frame(OpCode::Data(Data::Text), text.as_bytes())
 }
 
+pub fn binary_frame(payload: &[u8]) -> Vec<u8> {
+    client_frame(OpCode::Data(Data::Binary), payload)
+}
+
 pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
     client_frame(OpCode::Control(Control::Pong), payload)
+}
+
+/// The opcode and unmasked payload of a frame made by [`client_frame`] (tests).
+#[cfg(test)]
+pub fn parse_client_frame(frame: &[u8]) -> (OpCode, Vec<u8>) {
+    let mut cursor = Cursor::new(frame);
+    let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+    let mask = header.mask.expect("client frames are masked");
+    let payload = &frame[cursor.position() as usize..];
+    assert_eq!(payload.len() as u64, length);
+    (header.opcode, payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect())
 }
 
 /// A normal-closure close frame.
@@ -324,6 +339,9 @@ mod tests {
         let payload: Vec<u8> =
             frame[cursor.position() as usize..].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
         assert_eq!(payload, b"{\"id\":1}");
+        let (opcode, payload) = parse_client_frame(&binary_frame(&[0, 1, 0x80]));
+        assert_eq!(opcode, OpCode::Data(Data::Binary));
+        assert_eq!(payload, [0, 1, 0x80]);
     }
 
     #[test]
