@@ -78,7 +78,7 @@ fn delimited(bytes: &[u8]) -> Result<(&[u8], &[u8])> {
 pub enum Incoming<'a> {
     /// The empty reply: answer with [`PONG`].
     Ping,
-    /// A push carrying a publication: the whole reply (the publication's data is in it).
+    /// A push carrying a publication: its data (the publisher's JSON).
     Publication(&'a [u8]),
     /// Another push (join, leave, ...).
     OtherPush,
@@ -93,32 +93,33 @@ pub fn incoming(message: &[u8]) -> Result<Incoming<'_>> {
         // A push comes with no id and no error: its field 4 comes first.
         Some(&byte) if u64::from(byte) == FIELD_4_DELIMITED => {
             let (push, _) = delimited(&message[1..]).context("push")?;
-            Ok(if has_publication(push)? { Incoming::Publication(message) } else { Incoming::OtherPush })
+            let Some(publication) = field_4(push).context("push")? else { return Ok(Incoming::OtherPush) };
+            Ok(Incoming::Publication(field_4(publication).context("publication")?.unwrap_or_default()))
         }
         Some(_) => Ok(Incoming::Reply(Box::new(Reply::decode(message).context("bad Protobuf reply")?))),
     }
 }
 
-/// Whether a `Push` has its `pub` field (4): its fields are walked (the channel comes first),
-/// none is decoded.
-fn has_publication(mut push: &[u8]) -> Result<bool> {
-    while !push.is_empty() {
-        let (key, used) = varint(push).context("push field key")?;
+/// The bytes of a message's length-delimited field 4 (`Push.pub`, then `Publication.data`), if
+/// it has one: the fields before it are skipped (the push's channel comes first), none is decoded.
+fn field_4(mut message: &[u8]) -> Result<Option<&[u8]>> {
+    while !message.is_empty() {
+        let (key, used) = varint(message).context("field key")?;
+        message = &message[used..];
         if key == FIELD_4_DELIMITED {
-            return Ok(true);
+            return Ok(Some(delimited(message).context("field 4")?.0));
         }
-        push = &push[used..];
         let skip = match key & 7 {
-            0 => varint(push).context("push field")?.1,
+            0 => varint(message).context("field")?.1,
             1 => 8,
-            2 => push.len() - delimited(push).context("push field")?.1.len(),
+            2 => message.len() - delimited(message).context("field")?.1.len(),
             5 => 4,
-            wire_type => bail!("push field with wire type {wire_type}"),
+            wire_type => bail!("field with wire type {wire_type}"),
         };
-        ensure!(skip <= push.len(), "truncated push field");
-        push = &push[skip..];
+        ensure!(skip <= message.len(), "truncated field");
+        message = &message[skip..];
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// The first frame's payload: connect (id 1, with the token) and subscribe (id 2, with the
@@ -204,13 +205,18 @@ mod tests {
         let publication = proto::Reply {
             push: Some(Push {
                 channel: "bench".into(),
-                publication: Some(proto::Publication { data: b"{}".to_vec(), offset: 1, ..Default::default() }),
+                publication: Some(proto::Publication {
+                    info: Some(proto::ClientInfo { user: "u".into(), ..Default::default() }),
+                    data: br#"{"seq":1}"#.to_vec(),
+                    offset: 1,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         }
         .encode_to_vec();
-        assert!(matches!(incoming(&publication).unwrap(), Incoming::Publication(p) if p == publication));
+        assert!(matches!(incoming(&publication).unwrap(), Incoming::Publication(data) if data == br#"{"seq":1}"#));
         // A push with an id and a long channel before its publication.
         let numbered = proto::Reply {
             push: Some(Push {
@@ -222,7 +228,7 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec();
-        assert!(matches!(incoming(&numbered).unwrap(), Incoming::Publication(_)));
+        assert!(matches!(incoming(&numbered).unwrap(), Incoming::Publication(b"{}")));
         let join = proto::Reply {
             push: Some(Push {
                 channel: "bench".into(),

@@ -106,12 +106,7 @@ impl Local {
     /// Records one delivered payload, given the text the sequence number and timestamp are in.
     fn record(&mut self, text: &[u8], patterns: &Patterns) {
         let (received_ns, now) = self.arrival;
-        // The publisher writes the timestamp right after the sequence number: search on from there.
-        let Some((seq, after)) = number_after(text, &patterns.seq) else {
-            self.unexpected += 1;
-            return;
-        };
-        let Some((sent_ns, _)) = number_after(&text[after..], &patterns.ts) else {
+        let Some((seq, sent_ns)) = seq_and_ts(text, patterns) else {
             self.unexpected += 1;
             return;
         };
@@ -164,14 +159,41 @@ static PUBLICATION: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"
 /// ends (no JSON parse: cheap and the same cost for every target).
 pub fn number_after(text: &[u8], pattern: &Finder<'_>) -> Option<(u64, usize)> {
     let start = pattern.find(text)? + pattern.needle().len();
-    let digits = text[start..].iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
-    }
-    let value = text[start..start + digits]
-        .iter()
-        .try_fold(0u64, |value, digit| value.checked_mul(10)?.checked_add(u64::from(digit - b'0')))?;
+    let (value, digits) = leading_number(&text[start..])?;
     Some((value, start + digits))
+}
+
+/// The unsigned number `text` starts with, and how many digits it took.
+fn leading_number(text: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    let mut digits = 0;
+    for &byte in text {
+        if !byte.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some((value, digits))
+}
+
+/// The sequence number and send time of a delivery. When `text` is the publisher's payload
+/// itself (a NATS message, a Protobuf publication's data), it starts `{"seq":N,"ts":T` (see
+/// `publish::payload`) and both are read in place; otherwise (a JSON push, a Socket.IO event)
+/// they are searched for, the timestamp right after the sequence number.
+fn seq_and_ts(text: &[u8], patterns: &Patterns) -> Option<(u64, u64)> {
+    let in_place = || {
+        let rest = text.strip_prefix(b"{\"seq\":")?;
+        let (seq, digits) = leading_number(rest)?;
+        let (ts, _) = leading_number(rest[digits..].strip_prefix(b",\"ts\":")?)?;
+        Some((seq, ts))
+    };
+    if let Some(numbers) = in_place() {
+        return Some(numbers);
+    }
+    let (seq, after) = number_after(text, &patterns.seq)?;
+    let (ts, _) = number_after(&text[after..], &patterns.ts)?;
+    Some((seq, ts))
 }
 
 /// Where a Herald push says what it carries: `{"push":{"channel":"...","pub":...` names it
@@ -223,8 +245,8 @@ impl Protocol {
                 anyhow::ensure!(binary, "text frame on a Protobuf connection");
                 for message in protobuf::messages(data) {
                     match protobuf::incoming(message?)? {
-                        // The data's JSON is in the push as it is: scanned, not decoded.
-                        Incoming::Publication(push) => local.record(push, &PLAIN),
+                        // The data's JSON as the publisher sent it: read in place, not decoded.
+                        Incoming::Publication(data) => local.record(data, &PLAIN),
                         Incoming::Ping => replies.push(wire::binary_frame(&protobuf::PONG)),
                         Incoming::OtherPush => {}
                         Incoming::Reply(reply) => {
@@ -426,7 +448,7 @@ async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::{lines, number_after, Local, Protocol, ESCAPED, PLAIN};
+    use super::{lines, number_after, seq_and_ts, Local, Protocol, ESCAPED, PLAIN};
     use crate::wire::{self, Message};
     use crate::{Encoding, Target};
     use herald_core::wire::proto::{self, Publication, Push, Reply};
@@ -442,6 +464,16 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_payload_is_read_in_place_or_searched() {
+        assert_eq!(seq_and_ts(br#"{"seq":7,"ts":12345,"pad":"x"}"#, &PLAIN), Some((7, 12345)), "a payload");
+        let push = br#"{"push":{"channel":"c","pub":{"data":{"seq":8,"ts":99,"pad":"x"},"offset":8}}}"#;
+        assert_eq!(seq_and_ts(push, &PLAIN), Some((8, 99)), "a JSON push");
+        assert_eq!(seq_and_ts(br#"{"seq":7,"other":1,"ts":5}"#, &PLAIN), Some((7, 5)), "searched when not in place");
+        assert_eq!(seq_and_ts(br#"{"seq":,"ts":5}"#, &PLAIN), None);
+        assert_eq!(seq_and_ts(br#"{"seq":99999999999999999999,"ts":5}"#, &PLAIN), None, "overflow");
     }
 
     #[test]
