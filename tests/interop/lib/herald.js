@@ -186,9 +186,9 @@ export async function apiResult(server, method, body = {}) {
   return answer.result;
 }
 
-/** A stock Centrifuge client over `ws`, remembered so that `server.stop()` disconnects it. */
-export function newClient(server, options = {}) {
-  const client = new Centrifuge(server.ws, {
+/** A client of `Sdk` over `ws` with the tests' reconnect settings, remembered so that `server.stop()` disconnects it. */
+function rememberedClient(Sdk, server, options) {
+  const client = new Sdk(server.ws, {
     websocket: WebSocket,
     minReconnectDelay: 100,
     maxReconnectDelay: 1000,
@@ -199,21 +199,14 @@ export function newClient(server, options = {}) {
   return client;
 }
 
+/** A stock Centrifuge client (JSON). */
+export const newClient = (server, options = {}) => rememberedClient(Centrifuge, server, options);
+
 /**
  * A stock Centrifuge client of the SDK's Protobuf build (subprotocol `centrifuge-protobuf`,
  * binary frames), as the Swift, Kotlin and Dart SDKs speak. Its publication data are bytes.
  */
-export function newProtobufClient(server, options = {}) {
-  const client = new ProtobufCentrifuge(server.ws, {
-    websocket: WebSocket,
-    minReconnectDelay: 100,
-    maxReconnectDelay: 1000,
-    timeout: 5000,
-    ...options,
-  });
-  server.clients.add(client);
-  return client;
-}
+export const newProtobufClient = (server, options = {}) => rememberedClient(ProtobufCentrifuge, server, options);
 
 /** JSON as the bytes a Protobuf client sends, and back. */
 export const jsonBytes = (value) => new TextEncoder().encode(JSON.stringify(value));
