@@ -625,17 +625,82 @@ impl WireFormat {
         self == WireFormat::Json
     }
 
-    /// Decodes one frame of commands.
+    /// The commands of one frame, decoded one at a time as the caller handles them (a frame
+    /// usually holds one or two; decoding them all up front cost every connection a heap block
+    /// of commands at connect, and the holes those left measurably raised idle memory).
     ///
-    /// A frame that cannot be read as a whole (malformed JSON line, malformed or truncated
-    /// Protobuf) is an error: the caller disconnects, since whatever followed the bad part
-    /// cannot be trusted either. A command that is well-formed but has an unusable field is
-    /// returned as `Err((id, error))` in its place, so the caller answers it and goes on.
+    /// A part of the frame that cannot be read (malformed JSON line, malformed or truncated
+    /// Protobuf) yields an error and ends the iteration: the caller disconnects, since whatever
+    /// followed the bad part cannot be trusted either. A command that is well-formed but has an
+    /// unusable field is yielded as `Ok(Err((id, error)))` in its place, so the caller answers it
+    /// and goes on.
+    pub fn commands(self, frame: &[u8]) -> Commands<'_> {
+        let state = match self {
+            WireFormat::Json => match std::str::from_utf8(frame) {
+                // Split and trimmed exactly as the server did before there were two formats.
+                Ok(text) => CommandsState::Json(text.split('\n')),
+                Err(_) => CommandsState::Failed(malformed("malformed command: not UTF-8")),
+            },
+            WireFormat::Protobuf => CommandsState::Protobuf(frame),
+        };
+        Commands { state }
+    }
+
+    /// Every command of one frame (see [`WireFormat::commands`]), or the first error.
     pub fn decode_commands(self, frame: &[u8]) -> Result<Vec<Decoded>, ProtocolError> {
-        match self {
-            WireFormat::Json => decode_json(frame),
-            WireFormat::Protobuf => decode_protobuf(frame),
+        self.commands(frame).collect()
+    }
+}
+
+/// The commands of one frame: see [`WireFormat::commands`].
+pub struct Commands<'a> {
+    state: CommandsState<'a>,
+}
+
+enum CommandsState<'a> {
+    Json(std::str::Split<'a, char>),
+    /// What is left of the frame.
+    Protobuf(&'a [u8]),
+    /// The frame could not be read at all: this error comes next, then nothing.
+    Failed(ProtocolError),
+    Done,
+}
+
+fn malformed(message: impl Into<String>) -> ProtocolError {
+    ProtocolError::bad_request().with_message(message)
+}
+
+impl Iterator for Commands<'_> {
+    type Item = Result<Decoded, ProtocolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = match &mut self.state {
+            CommandsState::Json(lines) => {
+                let line = lines.map(str::trim).find(|line| !line.is_empty())?;
+                serde_json::from_str::<Command>(line).map(Ok).map_err(|e| malformed(format!("malformed command: {e}")))
+            }
+            CommandsState::Protobuf(frame) => {
+                if frame.is_empty() {
+                    return None;
+                }
+                // Advances `frame` past the command, so the next one starts where this one ended.
+                proto::Command::decode_length_delimited(frame)
+                    .map(|command| {
+                        let id = command.id;
+                        Command::try_from(command).map_err(|e| (id, e))
+                    })
+                    .map_err(|e| malformed(format!("malformed protobuf command: {e}")))
+            }
+            CommandsState::Failed(_) => match std::mem::replace(&mut self.state, CommandsState::Done) {
+                CommandsState::Failed(error) => Err(error),
+                _ => return None,
+            },
+            CommandsState::Done => return None,
+        };
+        if item.is_err() {
+            self.state = CommandsState::Done;
         }
+        Some(item)
     }
 }
 
@@ -821,36 +886,6 @@ impl From<&RefreshResult> for proto::RefreshResult {
 
 // ---------------------------------------------------------------------------------------------
 // Client -> server
-
-fn decode_json(frame: &[u8]) -> Result<Vec<Decoded>, ProtocolError> {
-    // Text frames are UTF-8 already; reading the frame as text keeps the line splitting and
-    // trimming exactly what the server did before there were two formats.
-    let text = std::str::from_utf8(frame)
-        .map_err(|_| ProtocolError::bad_request().with_message("malformed command: not UTF-8"))?;
-    let mut commands = Vec::new();
-    for line in text.split('\n') {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let command = serde_json::from_str::<Command>(line)
-            .map_err(|e| ProtocolError::bad_request().with_message(format!("malformed command: {e}")))?;
-        commands.push(Ok(command));
-    }
-    Ok(commands)
-}
-
-fn decode_protobuf(mut frame: &[u8]) -> Result<Vec<Decoded>, ProtocolError> {
-    let mut commands = Vec::new();
-    while !frame.is_empty() {
-        // Advances `frame` past the command, so the next one starts where this one ended.
-        let command = proto::Command::decode_length_delimited(&mut frame)
-            .map_err(|e| ProtocolError::bad_request().with_message(format!("malformed protobuf command: {e}")))?;
-        let id = command.id;
-        commands.push(Command::try_from(command).map_err(|e| (id, e)));
-    }
-    Ok(commands)
-}
 
 fn not_json() -> ProtocolError {
     ProtocolError::bad_request().with_message("data must be JSON")
@@ -1569,6 +1604,25 @@ mod tests {
         assert!(WireFormat::Json.decode_commands("\u{a0}\n".as_bytes()).expect("whitespace only").is_empty());
         for bad in [&b"{\"id\":1,\"ping\":{}}\n{\"id\":"[..], b"not json", b"\xff\xfe"] {
             assert_eq!(WireFormat::Json.decode_commands(bad).expect_err("malformed").code, 107);
+        }
+    }
+
+    #[test]
+    fn commands_before_a_malformed_part_come_first_then_the_error_ends_the_frame() {
+        for (format, frame) in [
+            (WireFormat::Json, b"{\"id\":1,\"ping\":{}}\n{\"id\":".to_vec()),
+            (WireFormat::Protobuf, {
+                let mut frame = proto::Command { id: 1, ping: Some(proto::PingRequest {}), ..Default::default() }
+                    .encode_length_delimited_to_vec();
+                frame.extend([0x20, 0x08]);
+                frame
+            }),
+        ] {
+            let mut commands = format.commands(&frame);
+            let first = commands.next().expect("a first command").expect("readable").expect("usable");
+            assert!(matches!(first.into_method(), (1, Method::Ping)), "{format:?}");
+            assert_eq!(commands.next().expect("then the error").expect_err("malformed").code, 107, "{format:?}");
+            assert!(commands.next().is_none(), "nothing after the error ({format:?})");
         }
     }
 

@@ -201,18 +201,18 @@ impl Session {
     /// length-prefixed Protobuf commands.
     pub async fn handle_frame(&mut self, frame: &[u8]) -> CommandResult {
         let format = self.handle.format;
-        let commands = match format.decode_commands(frame) {
-            Ok(commands) => commands,
-            Err(error) => {
-                tracing::info!(client = %self.handle.id, message = %error.message, "malformed command");
-                metrics::bad_input(match format {
-                    WireFormat::Json => "malformed_json",
-                    WireFormat::Protobuf => "malformed_protobuf",
-                });
-                return Err(Disconnect::BAD_REQUEST);
-            }
-        };
-        for decoded in commands {
+        for decoded in format.commands(frame) {
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    tracing::info!(client = %self.handle.id, message = %error.message, "malformed command");
+                    metrics::bad_input(match format {
+                        WireFormat::Json => "malformed_json",
+                        WireFormat::Protobuf => "malformed_protobuf",
+                    });
+                    return Err(Disconnect::BAD_REQUEST);
+                }
+            };
             let command = match decoded {
                 Ok(command) => command,
                 Err((id, error)) => {

@@ -590,6 +590,8 @@ mod memory {
     fn an_idle_connection_keeps_its_task_small() {
         let size = future_size(serve_connection);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1344, "connection future: {size} bytes");
+        // tokio lays a task out in 128-byte steps: 16 bytes more than this (1,336) cost every
+        // idle connection 128 bytes of RSS (3,955 against 3,825 per connection at 19,000).
+        assert!(size <= 1320, "connection future: {size} bytes");
     }
 }

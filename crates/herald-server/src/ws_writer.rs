@@ -68,8 +68,10 @@ pub struct PackedWrite {
 }
 
 enum Body {
-    /// Header, then the shared frames with separators between them, written with `writev`.
-    Vectored { header: [u8; 10], header_len: usize, separator: &'static [u8], frames: Vec<QueuedFrame> },
+    /// Header, then the shared frames with `format`'s separators between them, written with
+    /// `writev`. (The format rather than its separator: a slice would make every connection's
+    /// task, which holds this, 16 bytes larger, and tokio lays tasks out in 128-byte steps.)
+    Vectored { header: [u8; 10], header_len: usize, format: WireFormat, frames: Vec<QueuedFrame> },
     /// Header and payload copied together: held only while the write is under way.
     Contiguous(Vec<u8>),
 }
@@ -82,7 +84,7 @@ impl PackedWrite {
         let body = if frames.len() > 1 && payload < COPY_BELOW_AVERAGE * frames.len() {
             Body::Contiguous(joined(format, &header[..header_len], frames.iter().map(QueuedFrame::as_bytes), total))
         } else {
-            Body::Vectored { header, header_len, separator: format.separator(), frames }
+            Body::Vectored { header, header_len, format, frames }
         };
         Ok(Self { body, written: 0, total })
     }
@@ -131,9 +133,9 @@ impl PackedWrite {
                 Body::Contiguous(bytes) => {
                     std::task::ready!(Pin::new(&mut *io).poll_write(cx, &bytes[self.written..]))?
                 }
-                Body::Vectored { header, header_len, separator, frames } => {
+                Body::Vectored { header, header_len, format, frames } => {
                     let mut slices = Vec::with_capacity((frames.len() * 2 + 1).min(MAX_SLICES));
-                    self.fill(&header[..*header_len], separator, frames, &mut slices);
+                    self.fill(&header[..*header_len], format.separator(), frames, &mut slices);
                     std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?
                 }
             };
