@@ -196,6 +196,19 @@ fn seq_and_ts(text: &[u8], patterns: &Patterns) -> Option<(u64, u64)> {
     Some((seq, ts))
 }
 
+/// The data of a publication push as Herald writes it, `{"push":{"channel":"<name>","pub":{"data":`
+/// then the data: read in place like a Protobuf publication's data, rather than searched for.
+/// `None` for anything else (other pushes, replies, or a channel name with escapes), which the
+/// caller then searches.
+fn publication_data(line: &[u8]) -> Option<&[u8]> {
+    let channel = line.strip_prefix(b"{\"push\":{\"channel\":\"")?;
+    let end = memchr::memchr2(b'"', b'\\', channel)?;
+    if channel[end] != b'"' {
+        return None;
+    }
+    channel[end + 1..].strip_prefix(b",\"pub\":{\"data\":")
+}
+
 /// Where a Herald push says what it carries: `{"push":{"channel":"...","pub":...` names it
 /// right after the channel, so only the start of the line is searched.
 const PUSH_KIND_WITHIN: usize = 512;
@@ -263,7 +276,9 @@ impl Protocol {
             Target::Herald => {
                 anyhow::ensure!(!binary, "binary frame from a JSON server");
                 for line in lines(data) {
-                    if line.starts_with(b"{\"push\"") {
+                    if let Some(data) = publication_data(line) {
+                        local.record(data, &PLAIN);
+                    } else if line.starts_with(b"{\"push\"") {
                         if PUBLICATION.find(&line[..line.len().min(PUSH_KIND_WITHIN)]).is_some() {
                             local.record(line, &PLAIN);
                         }
@@ -448,7 +463,7 @@ async fn run_ended(mut stop: watch::Receiver<bool>, deadline: Instant) {
 
 #[cfg(test)]
 mod tests {
-    use super::{lines, number_after, seq_and_ts, Local, Protocol, ESCAPED, PLAIN};
+    use super::{lines, number_after, publication_data, seq_and_ts, Local, Protocol, ESCAPED, PLAIN};
     use crate::wire::{self, Message};
     use crate::{Encoding, Target};
     use herald_core::wire::proto::{self, Publication, Push, Reply};
@@ -464,6 +479,17 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_json_publication_push_is_read_in_place() {
+        let push = br#"{"push":{"channel":"bench","pub":{"data":{"seq":8,"ts":99},"offset":8,"time":1}}}"#;
+        assert_eq!(publication_data(push), Some(&br#"{"seq":8,"ts":99},"offset":8,"time":1}}}"#[..]));
+        assert_eq!(seq_and_ts(publication_data(push).unwrap(), &PLAIN), Some((8, 99)));
+        let escaped = br#"{"push":{"channel":"a\"b","pub":{"data":{"seq":8,"ts":99}}}}"#;
+        assert_eq!(publication_data(escaped), None, "escapes are left to the search");
+        assert_eq!(publication_data(br#"{"push":{"channel":"c","join":{"info":{}}}}"#), None);
+        assert_eq!(publication_data(br#"{"id":2,"subscribe":{}}"#), None);
     }
 
     #[test]
