@@ -614,16 +614,9 @@ impl Queue {
 /// Several frames as one, the way the protocol sends several replies at once: JSON lines joined
 /// by newlines, Protobuf replies one after the other (each carries its length).
 pub fn pack_frames<'a>(format: WireFormat, frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
-    let separator = format.separator();
-    let size: usize = frames.clone().map(|f| f.len() + separator.len()).sum();
-    let mut packed = Vec::with_capacity(size);
-    for frame in frames {
-        if !packed.is_empty() {
-            packed.extend_from_slice(separator);
-        }
-        packed.extend_from_slice(frame);
-    }
-    Bytes::from(packed)
+    let frames = frames.map(|frame| &frame[..]);
+    let total = crate::ws_writer::joined_len(format, frames.clone());
+    Bytes::from(crate::ws_writer::joined(format, &[], frames, total))
 }
 
 /// Herald's gap signal: a `message` push (which stock SDKs hand to the application's `message`
