@@ -541,6 +541,28 @@ pub enum WireFormat {
     Protobuf,
 }
 
+/// One value per wire format: what a server makes at most once per format in use, such as a
+/// publication's bytes in each form.
+#[derive(Debug, Default, Clone)]
+pub struct ByFormat<T>([T; 2]);
+
+impl<T> ByFormat<T> {
+    fn index(format: WireFormat) -> usize {
+        match format {
+            WireFormat::Json => 0,
+            WireFormat::Protobuf => 1,
+        }
+    }
+
+    pub fn get(&self, format: WireFormat) -> &T {
+        &self.0[Self::index(format)]
+    }
+
+    pub fn get_mut(&mut self, format: WireFormat) -> &mut T {
+        &mut self.0[Self::index(format)]
+    }
+}
+
 /// A command result to encode (what `reply::result(id, "<method>", &result)` encodes in JSON).
 #[derive(Debug, Clone, Copy)]
 pub enum ResultBody<'a> {

@@ -7,12 +7,11 @@
 //! everything up to the offset is confirmed. A user's acknowledgement covers all of that user's
 //! connections (a reconnecting client gets a new client id).
 
-use crate::hub::format_index;
 use crate::hub::Subscription;
 use crate::metrics;
 use bytes::Bytes;
 use herald_core::protocol::Publication;
-use herald_core::wire::PushBody;
+use herald_core::wire::{ByFormat, PushBody};
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::Serialize;
@@ -48,7 +47,7 @@ struct Delivery {
 
 struct Tracked {
     /// The publication's push in each wire format its recipients speak (JSON, Protobuf).
-    frames: [Option<Bytes>; 2],
+    frames: ByFormat<Option<Bytes>>,
     timeout: Duration,
     max_retries: u32,
     deliveries: Vec<Delivery>,
@@ -122,11 +121,10 @@ impl AckTracker {
         if recipients.is_empty() || publication.offset == 0 {
             return;
         }
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut frames: ByFormat<Option<Bytes>> = ByFormat::default();
         for subscription in &recipients {
             let format = subscription.client.format;
-            frames[format_index(format)]
-                .get_or_insert_with(|| Bytes::from(format.push(channel, PushBody::Pub(publication))));
+            frames.get_mut(format).get_or_insert_with(|| Bytes::from(format.push(channel, PushBody::Pub(publication))));
         }
         let now = Instant::now();
         let mut state = self.state.lock();
@@ -212,7 +210,7 @@ impl AckTracker {
                 // A closed connection is not retried by push: it recovers from history when it
                 // comes back, and its user's acknowledgement still counts.
                 if let Some(subscription) = delivery.subscription.upgrade() {
-                    if let Some(frame) = &frames[format_index(subscription.client.format)] {
+                    if let Some(frame) = frames.get(subscription.client.format) {
                         subscription.client.send(frame.clone());
                     }
                     metrics::ack_retry();

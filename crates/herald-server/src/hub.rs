@@ -10,7 +10,7 @@ use crate::outbound::{pack_frames, ClientHandle, PublicationFrame, Queued};
 use crate::view::{View, Viewer};
 use bytes::Bytes;
 use herald_core::protocol::Publication;
-use herald_core::wire::{PushBody, WireFormat};
+use herald_core::wire::{ByFormat, PushBody, WireFormat};
 use parking_lot::{Mutex, RwLock};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
@@ -178,19 +178,12 @@ fn needs_ack(publication: &Publication) -> bool {
 }
 
 /// A publication's serialized forms and parsed payload, made at most once per broadcast: the
-/// full and the patch form, each in JSON and in Protobuf (indexed by [`format_index`]).
+/// full and the patch form, each in every wire format in use.
 #[derive(Default)]
 struct Forms {
     data: OnceCell<Option<serde_json::Value>>,
-    full: [OnceCell<Arc<PublicationFrame>>; 2],
-    patch: [OnceCell<Arc<PublicationFrame>>; 2],
-}
-
-pub(crate) fn format_index(format: WireFormat) -> usize {
-    match format {
-        WireFormat::Json => 0,
-        WireFormat::Protobuf => 1,
-    }
+    full: ByFormat<OnceCell<Arc<PublicationFrame>>>,
+    patch: ByFormat<OnceCell<Arc<PublicationFrame>>>,
 }
 
 /// Several publications of a batch packed into one frame for a subscriber.
@@ -466,13 +459,13 @@ impl Hub {
                 }
                 let format = group.format;
                 let frame = if group.view.uses_patch_form(publication) {
-                    form.patch[format_index(format)].get_or_init(|| {
+                    form.patch.get(format).get_or_init(|| {
                         let shaped = group.view.shape(publication);
                         let bytes = Bytes::from(format.push(channel, PushBody::Pub(&shaped)));
                         publication_frame(bytes, &channel_name, &[publication], key_if_alone)
                     })
                 } else {
-                    form.full[format_index(format)].get_or_init(|| {
+                    form.full.get(format).get_or_init(|| {
                         let bytes = Bytes::from(format.push(channel, PushBody::Pub(publication)));
                         publication_frame(bytes, &channel_name, &[publication], key_if_alone)
                     })
@@ -574,11 +567,11 @@ impl Hub {
         if subscribers.join_leave.is_empty() {
             return;
         }
-        let mut frames: [Option<Bytes>; 2] = [None, None];
+        let mut frames: ByFormat<Option<Bytes>> = ByFormat::default();
         for subscription in subscribers.join_leave.values() {
             if subscription.is_live() {
                 let format = subscription.client.format;
-                let frame = frames[format_index(format)].get_or_insert_with(|| Bytes::from(format.push(channel, body)));
+                let frame = frames.get_mut(format).get_or_insert_with(|| Bytes::from(format.push(channel, body)));
                 subscription.client.send(frame.clone());
             }
         }
