@@ -101,7 +101,7 @@ fn publication_frames<'a>(
 
 /// Most client publishes of one connection waiting for the engine at once; the connection reads
 /// no further commands until the oldest is answered.
-const PUBLISHES_IN_FLIGHT: usize = 256;
+const PUBLISHES_IN_FLIGHT: usize = 1024;
 
 /// Most publications a burst of client publishes defers before they fan out.
 const DEFERRED_PUBLISHES: usize = 64;
@@ -258,6 +258,19 @@ impl Session {
         if !self.node.broker.orders_on_first_poll() {
             let result = self.node.publish(publish, "client").await.map(|_| ());
             return self.reply_publish(id, started, result);
+        }
+        if self.node.congestion.is_congested(self.node.connections.len()) {
+            // What the burst deferred goes out first; replies to what is done meanwhile still
+            // go out while this publish waits for the queues to drain.
+            self.flush_deferred();
+            let node = self.node.clone();
+            let capacity = node.wait_for_delivery_capacity();
+            tokio::pin!(capacity);
+            std::future::poll_fn(|cx| {
+                let _ = self.poll_publishes(cx);
+                capacity.as_mut().poll(cx)
+            })
+            .await;
         }
         if self.in_flight() >= PUBLISHES_IN_FLIGHT {
             std::future::poll_fn(|cx| {

@@ -140,7 +140,7 @@ pub fn send<'a>(fd: RawFd, format: WireFormat, frames: impl Iterator<Item = &'a 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::{PublicationFrame, Queued};
+    use crate::outbound::{PublicationFrame, Queued, PACK_LIMIT};
     use bytes::Bytes;
     use herald_core::protocol::Priority;
     use std::io::Read;
@@ -215,6 +215,54 @@ mod tests {
             priority: Priority::Normal,
             conflate: None,
         })
+    }
+
+    /// Counts its wakes: stands in for the connection's task.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn what_one_direct_write_cannot_take_is_left_to_the_woken_task() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let client = Arc::new(ClientHandle::new("c1", 1 << 20));
+        let task = Arc::new(CountingWaker::default());
+        client.register_task(&std::task::Waker::from(task.clone()));
+        client.attach_socket(ours.as_raw_fd());
+        // A fan-out of one large commit: three times what one write takes, for an idle connection.
+        let frame_of = |offset: u64| {
+            let mut bytes = format!("{{\"offset\":{offset},\"pad\":\"").into_bytes();
+            bytes.resize(1000, b'x');
+            bytes.extend_from_slice(b"\"}");
+            Arc::new(PublicationFrame {
+                bytes: Bytes::from(bytes),
+                channel: Arc::from("ch"),
+                offsets: vec![offset],
+                priority: Priority::Normal,
+                conflate: None,
+            })
+        };
+        let count = (3 * PACK_LIMIT / 1000) as u64;
+        assert_eq!(client.offer_publication(frame_of(1)), Queued::ToWrite);
+        for offset in 2..=count {
+            assert_eq!(client.offer_publication(frame_of(offset)), Queued::Yes);
+        }
+        assert_eq!(task.0.load(Ordering::Relaxed), 0, "the fan-out writes; the task is not woken yet");
+        Writes::run(vec![client.clone()], None);
+        let written = read_available(&mut peer).len();
+        assert!(written > 0 && written <= PACK_LIMIT + 10, "one write of at most PACK_LIMIT: {written}");
+        assert_eq!(task.0.load(Ordering::Relaxed), 1, "the task is woken for the rest");
+        let mut rest = 0;
+        while let Some(batch) = client.try_batch() {
+            rest += batch.frames.len();
+        }
+        let first_write = count as usize - rest;
+        assert!(first_write > 0 && rest > 0, "{first_write} written directly, {rest} left");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 mod channel_map;
 mod client;
+pub mod congestion;
 mod delivery;
 mod direct_write;
 pub mod engine;

@@ -64,6 +64,12 @@ pub fn disconnect(code: u16) {
     counter!("herald_disconnects_total", "code" => code.to_string()).increment(1);
 }
 
+/// A publish waited for the server's queues to drain (see `congestion`).
+pub fn publish_backpressure(waited: Duration) {
+    counter!("herald_publish_backpressure_total").increment(1);
+    histogram!("herald_publish_backpressure_seconds").record(waited.as_secs_f64());
+}
+
 pub fn slow_client() {
     counter!("herald_slow_clients_total").increment(1);
 }

@@ -3,6 +3,7 @@
 
 use crate::acks::AckTracker;
 use crate::auth::TokenVerifier;
+use crate::congestion::Congestion;
 use crate::delivery::HubDelivery;
 use crate::engine::memory::{MemoryBroker, MemoryPresence};
 use crate::engine::{
@@ -127,6 +128,8 @@ pub(crate) struct NodeInner {
     pub started: Instant,
     pub shutdown: CancellationToken,
     pub connections: TaskTracker,
+    /// How many connections' queues are backed up: publishes wait while many are.
+    pub congestion: Arc<Congestion>,
     pub prometheus: Option<PrometheusHandle>,
     pub stats: Arc<Stats>,
     pub acks: Arc<AckTracker>,
@@ -215,6 +218,7 @@ impl NodeBuilder {
                 started: Instant::now(),
                 shutdown: CancellationToken::new(),
                 connections: TaskTracker::new(),
+                congestion: Arc::default(),
                 prometheus: metrics::install(),
                 stats,
                 acks,
@@ -576,7 +580,16 @@ impl NodeInner {
     }
 
     pub async fn publish(&self, publish: Publish, source: &'static str) -> Result<PublishResult, ProtocolError> {
+        self.wait_for_delivery_capacity().await;
         self.publish_with(publish, source, false).await
+    }
+
+    /// Waits (at most `congestion::MAX_WAIT`) while a large share of the connections' queues
+    /// are backed up: the server as a whole is behind, and more publications now would only be
+    /// shed from clients that read as fast as they are written to.
+    pub async fn wait_for_delivery_capacity(&self) {
+        let connections = || self.connections.len();
+        self.congestion.wait_for_capacity(connections, crate::congestion::MAX_WAIT).await;
     }
 
     /// `defer_fan_out`: the caller flushes the channel with `delivery.flush_publications` once

@@ -10,6 +10,7 @@
 //! they cannot be queued the client is disconnected with 3008 and recovers from history. Every
 //! shed publication is listed in a gap signal that goes out ahead of the next frames.
 
+use crate::congestion::{Congestion, BACKED_UP_SHARE};
 use crate::direct_write::Sent;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -147,6 +148,8 @@ struct Queue {
     writer_busy: bool,
     /// What the socket did not take of a frame written directly: the task writes it first.
     partial: Option<Vec<u8>>,
+    /// Counted in the node's backed-up connections (see `congestion`).
+    backed_up: bool,
 }
 
 /// What the writer takes from the queue in one go: frames to pack into as few WebSocket frames
@@ -175,11 +178,24 @@ pub struct ClientHandle {
     /// single waker is cheaper to wake than a `Notify` (no lock) and smaller to hold.
     task: AtomicWaker,
     queue_max_bytes: usize,
+    /// Where this queue counts while it is backed up (publish backpressure); `None` for a
+    /// handle outside a node's connections.
+    congestion: Option<Arc<Congestion>>,
     overflowed: AtomicBool,
     /// Set by the socket's read readiness (the handle is the waker the reader registers, see
     /// the `Wake` impl): a busy connection is woken for every batch, and looking at the socket
     /// each time cost tokio's readiness lock and tungstenite's read path for nothing.
     read_ready: AtomicBool,
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        if let Some(congestion) = &self.congestion {
+            if self.queue.get_mut().backed_up {
+                congestion.drained();
+            }
+        }
+    }
 }
 
 /// The waker the connection task gives the socket's read side: it marks the socket readable and
@@ -206,6 +222,7 @@ impl ClientHandle {
             pending_controls: AtomicUsize::new(0),
             task: AtomicWaker::new(),
             queue_max_bytes,
+            congestion: None,
             overflowed: AtomicBool::new(false),
             read_ready: AtomicBool::new(true),
         }
@@ -215,6 +232,26 @@ impl ClientHandle {
     pub fn with_format(mut self, format: WireFormat) -> Self {
         self.format = format;
         self
+    }
+
+    /// A handle whose queue counts in `congestion` while it is backed up.
+    pub fn with_congestion(mut self, congestion: Arc<Congestion>) -> Self {
+        self.congestion = Some(congestion);
+        self
+    }
+
+    /// Counts the queue in (or out of) the node's backed-up connections as it crosses a
+    /// quarter of its limit up (or an eighth down): a flag flip, and an atomic only on a change.
+    fn track_backlog(&self, queue: &mut Queue) {
+        let Some(congestion) = &self.congestion else { return };
+        let mark = self.queue_max_bytes / BACKED_UP_SHARE;
+        if !queue.backed_up && queue.bytes >= mark {
+            queue.backed_up = true;
+            congestion.backed_up();
+        } else if queue.backed_up && queue.bytes < mark / 2 {
+            queue.backed_up = false;
+            congestion.drained();
+        }
     }
 
     /// The authenticated user; empty for anonymous connections and before connect.
@@ -277,6 +314,7 @@ impl ClientHandle {
             }
         }
         if !fits(&queue) {
+            self.track_backlog(&mut queue);
             match entry.publication() {
                 Some(p) if p.priority.sheddable() => {
                     queue.record_gap(p, ShedReason::QueueFull);
@@ -299,6 +337,7 @@ impl ClientHandle {
         let was_idle = queue.entries.is_empty() && queue.gaps.is_empty();
         let to_write = offer && was_idle && queue.idle_socket().is_some();
         queue.push(entry);
+        self.track_backlog(&mut queue);
         let over = queue.gap_overflowed();
         drop(queue);
         if over {
@@ -332,8 +371,15 @@ impl ClientHandle {
             for _ in 0..count {
                 queue.remove(0);
             }
+            self.track_backlog(&mut queue);
         }
         match outcome {
+            // One write takes at most `PACK_LIMIT` bytes: what a large fan-out queued beyond
+            // that is the task's to write, and no later enqueue wakes it (the queue is not idle).
+            Ok(Sent::All) if !queue.entries.is_empty() => {
+                drop(queue);
+                self.task.wake();
+            }
             Ok(Sent::All) => {}
             Ok(Sent::Part(rest)) => {
                 queue.partial = Some(rest);
@@ -367,9 +413,11 @@ impl ClientHandle {
                     socket: queue.socket,
                     writer_busy: queue.writer_busy,
                     partial: queue.partial.take(),
+                    backed_up: queue.backed_up,
                     ..Queue::default()
                 };
                 *queue = kept;
+                self.track_backlog(&mut queue);
             }
             self.control(Control::Disconnect(Disconnect::SLOW));
         }
@@ -403,6 +451,7 @@ impl ClientHandle {
         for _ in 0..queue.frames_per_write() {
             batch.frames.extend(queue.remove(0));
         }
+        self.track_backlog(&mut queue);
         if queue.entries.is_empty() {
             batch.close = queue.close.clone();
         }

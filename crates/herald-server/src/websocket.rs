@@ -134,7 +134,11 @@ fn serve_connection(
     let client = &node.config().client;
     let (ping_interval, pong_timeout) = (client.ping_interval, client.pong_timeout);
     let client_id = uuid::Uuid::new_v4().to_string();
-    let handle = Arc::new(ClientHandle::new(client_id, client.queue_max_size).with_format(format));
+    let handle = Arc::new(
+        ClientHandle::new(client_id, client.queue_max_size)
+            .with_format(format)
+            .with_congestion(node.inner.congestion.clone()),
+    );
     let mut transport = Transport::new(socket, handle.clone(), node.config().websocket.write_timeout);
     if let Some(fd) = raw_socket {
         // Taken away again when the transport, which owns the socket, is dropped.
