@@ -35,12 +35,14 @@ pub struct Congestion {
 impl Congestion {
     /// A connection's queue grew past its backed-up mark.
     pub fn backed_up(&self) {
-        self.backed_up.fetch_add(1, Ordering::Relaxed);
+        let now = self.backed_up.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::backed_up_connections(now);
     }
 
     /// A backed-up connection's queue drained (or the connection ended).
     pub fn drained(&self) {
-        self.backed_up.fetch_sub(1, Ordering::Relaxed);
+        let now = self.backed_up.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        crate::metrics::backed_up_connections(now);
         // Waiters look again; this happens once per queue that drains, not once per write.
         self.relieved.notify_waiters();
     }

@@ -64,6 +64,11 @@ pub fn disconnect(code: u16) {
     counter!("herald_disconnects_total", "code" => code.to_string()).increment(1);
 }
 
+/// Connections whose queue is backed up now (see `congestion`).
+pub fn backed_up_connections(count: usize) {
+    gauge!("herald_connections_backed_up").set(count as f64);
+}
+
 /// A publish waited for the server's queues to drain (see `congestion`).
 pub fn publish_backpressure(waited: Duration) {
     counter!("herald_publish_backpressure_total").increment(1);

@@ -364,6 +364,12 @@ impl Node {
         self.publish(Publish::change(request)?).await
     }
 
+    /// Connections whose outbound queue is backed up now; while a quarter of them (and at least
+    /// 16) are, publishes wait for the queues to drain (see `herald_server::congestion`).
+    pub fn backed_up_connections(&self) -> usize {
+        self.inner.congestion.backed_up_count()
+    }
+
     pub async fn publish(&self, publish: Publish) -> Result<PublishResult, ProtocolError> {
         self.inner.publish(publish, "node").await
     }

@@ -228,6 +228,47 @@ async fn a_stalled_client_does_not_hold_up_a_healthy_one() {
     assert!(!got.gaps.is_empty(), "the stalled client was shed and told so");
 }
 
+/// A metric's value from `/metrics` (0 before it is first recorded).
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let url = format!("http://{}/metrics", server.addr);
+    let text = reqwest::get(url).await.expect("metrics").text().await.expect("metrics text");
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn publishes_wait_while_a_quarter_of_the_connections_are_backed_up() {
+    const STALLED: usize = herald_server::congestion::MIN_BACKED_UP;
+    let server = TestServer::start(delivery_config()).await;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(stalled_subscriber(&server, "jam").await);
+    }
+    assert_eq!(metric(&server, "herald_publish_backpressure_total").await, 0.0);
+    // Every subscriber stops reading: their sockets fill, then their queues pass a quarter of
+    // the limit, and every connection there is counts as backed up.
+    let mut last = 0;
+    for n in 1..=FLOOD as u64 {
+        last = publish(&server, "jam", n, Priority::Low).await;
+        if server.node.backed_up_connections() >= STALLED {
+            break;
+        }
+    }
+    assert_eq!(server.node.backed_up_connections(), STALLED, "all backed up");
+    // Now a publish waits (for at most its bound: nobody drains these queues).
+    last = publish(&server, "jam", 0, Priority::Low).await;
+    assert!(metric(&server, "herald_publish_backpressure_total").await >= 1.0, "the publish waited");
+
+    // Once they read again, their queues drain and publishes go straight through.
+    for client in &mut stalled {
+        let got = drain(client, "jam", last).await;
+        assert_eq!(got.closed, None, "low publications were shed, not the clients");
+    }
+    assert_eq!(server.node.backed_up_connections(), 0, "all drained");
+    let waits = metric(&server, "herald_publish_backpressure_total").await;
+    publish(&server, "jam", 1, Priority::Low).await;
+    assert_eq!(metric(&server, "herald_publish_backpressure_total").await, waits, "no wait once drained");
+}
+
 #[tokio::test]
 async fn a_full_batch_goes_out_as_one_frame() {
     let server = TestServer::start(delivery_config()).await;
