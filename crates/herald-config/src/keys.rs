@@ -66,6 +66,10 @@ const KEYS: &[(&str, &str)] = &[
     doc("client.pong_timeout", "how long after a ping the client must have answered (0 disables)"),
     doc("client.channel_limit", "subscriptions per connection"),
     doc("client.queue_max_size", "bytes queued for one connection before it is disconnected as slow (3008)"),
+    doc(
+        "client.publish_backpressure_wait",
+        "longest a publish waits while a quarter of the connections (and at least 16) have a quarter of their queue limit queued; 0 turns it off",
+    ),
     doc("client.connection_limit", "connections per node; 0 is unlimited"),
     doc("client.user_connection_limit", "connections per user per node; 0 is unlimited"),
     doc("client.expired_close_delay", "grace after a connection token expires before disconnecting with 3005"),

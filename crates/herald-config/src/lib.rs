@@ -170,6 +170,10 @@ pub struct Client {
     pub pong_timeout: Duration,
     pub channel_limit: usize,
     pub queue_max_size: usize,
+    /// The longest a publish waits while a quarter of the connections' queues are backed up
+    /// (publish backpressure); zero turns the wait off.
+    #[serde(with = "duration")]
+    pub publish_backpressure_wait: Duration,
     pub connection_limit: usize,
     pub user_connection_limit: usize,
     #[serde(with = "duration")]
@@ -192,6 +196,7 @@ impl Default for Client {
             pong_timeout: Duration::from_secs(8),
             channel_limit: 128,
             queue_max_size: 1 << 20,
+            publish_backpressure_wait: Duration::from_millis(100),
             connection_limit: 0,
             user_connection_limit: 0,
             expired_close_delay: Duration::from_secs(25),

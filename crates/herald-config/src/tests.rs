@@ -63,7 +63,7 @@ fn the_three_formats() {
 #[test]
 fn durations_in_every_spelling() {
     let config = load_str(
-        r#"{"client": {"ping_interval": "1m30s", "pong_timeout": "300ms", "expired_close_delay": 7}}"#,
+        r#"{"client": {"ping_interval": "1m30s", "pong_timeout": "300ms", "expired_close_delay": 7, "publish_backpressure_wait": "0s"}}"#,
         Format::Json,
         no_env(),
     )
@@ -72,6 +72,7 @@ fn durations_in_every_spelling() {
     assert_eq!(config.client.ping_interval, Duration::from_secs(90));
     assert_eq!(config.client.pong_timeout, Duration::from_millis(300));
     assert_eq!(config.client.expired_close_delay, Duration::from_secs(7));
+    assert_eq!(config.client.publish_backpressure_wait, Duration::ZERO, "zero turns backpressure off");
 }
 
 #[test]

@@ -185,7 +185,16 @@ struct BroadcastResult {
 #[derive(Serialize)]
 struct Empty {}
 
+/// Answers one API call. A call that publishes waits once for delivery capacity (see
+/// `congestion`), however many publications it makes.
 async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
+    if matches!(method, "publish" | "broadcast" | "publish_change" | "batch") {
+        node.inner.wait_for_delivery_capacity().await;
+    }
+    dispatch(node, method, body).await
+}
+
+async fn dispatch(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
     match method {
         "publish" => to_raw(&publish(node, parse(body)?).await?),
         "broadcast" => {
@@ -220,7 +229,7 @@ async fn call(node: &Node, method: &'static str, body: &[u8]) -> Outcome {
                 let mut entries = command.into_iter();
                 match (entries.next(), entries.next()) {
                     (Some((name, args)), None) => match method_name(&name).filter(|m| *m != "batch") {
-                        Some(inner) => match Box::pin(call(node, inner, args.get().as_bytes())).await {
+                        Some(inner) => match Box::pin(dispatch(node, inner, args.get().as_bytes())).await {
                             Ok(result) => serde_json::json!({ inner: result }),
                             Err(failure) => serde_json::json!({ "error": failure.into_error() }),
                         },

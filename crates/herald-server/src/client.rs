@@ -256,10 +256,12 @@ impl Session {
             Err(error) => return self.in_order(InFlightPublish { id, started, state: PublishState::Done(Err(error)) }),
         };
         if !self.node.broker.orders_on_first_poll() {
+            self.node.wait_for_delivery_capacity().await;
             let result = self.node.publish(publish, "client").await.map(|_| ());
             return self.reply_publish(id, started, result);
         }
-        if self.node.congestion.is_congested(self.node.connections.len()) {
+        let backpressure = !self.node.config.client.publish_backpressure_wait.is_zero();
+        if backpressure && self.node.congestion.is_congested(self.node.connections.len()) {
             // What the burst deferred goes out first; replies to what is done meanwhile still
             // go out while this publish waits for the queues to drain.
             self.flush_deferred();

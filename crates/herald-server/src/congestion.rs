@@ -7,7 +7,7 @@
 //! counts as backed up while its queue holds [`BACKED_UP_SHARE`] of `client.queue_max_size`
 //! or more (until it drains below half of that), and while a quarter of all connections (and
 //! at least [`MIN_BACKED_UP`]) are backed up, new publishes wait for the queues to drain, at
-//! most [`MAX_WAIT`] each.
+//! most `client.publish_backpressure_wait` each (100 ms by default; zero turns it off).
 //!
 //! A few slow or stalled clients never hold publishers up: they are below both bounds, and are
 //! shed and signalled as before (see `outbound`).
@@ -21,9 +21,6 @@ pub const BACKED_UP_SHARE: usize = 4;
 /// Fewer backed-up connections than this never hold publishers up, however few connections
 /// there are: a handful of slow clients is what shedding is for.
 pub const MIN_BACKED_UP: usize = 16;
-/// The longest one publish waits for the queues to drain: past it, the publish goes ahead and
-/// the queues shed as they would without backpressure.
-pub const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Node-wide count of backed-up connections, and the publishes waiting for it to fall.
 #[derive(Debug, Default)]
@@ -41,7 +38,9 @@ impl Congestion {
 
     /// A backed-up connection's queue drained (or the connection ended).
     pub fn drained(&self) {
-        let now = self.backed_up.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        // Saturating: a count that wrapped below zero would hold every publisher up for good.
+        let before = self.backed_up.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        let now = before.unwrap_or(0).saturating_sub(1);
         crate::metrics::backed_up_connections(now);
         // Waiters look again; this happens once per queue that drains, not once per write.
         self.relieved.notify_waiters();

@@ -371,6 +371,7 @@ impl Node {
     }
 
     pub async fn publish(&self, publish: Publish) -> Result<PublishResult, ProtocolError> {
+        self.inner.wait_for_delivery_capacity().await;
         self.inner.publish(publish, "node").await
     }
 
@@ -586,16 +587,21 @@ impl NodeInner {
     }
 
     pub async fn publish(&self, publish: Publish, source: &'static str) -> Result<PublishResult, ProtocolError> {
-        self.wait_for_delivery_capacity().await;
         self.publish_with(publish, source, false).await
     }
 
-    /// Waits (at most `congestion::MAX_WAIT`) while a large share of the connections' queues
+    /// Waits (at most `client.publish_backpressure_wait`) while a large share of the connections' queues
     /// are backed up: the server as a whole is behind, and more publications now would only be
-    /// shed from clients that read as fast as they are written to.
+    /// shed from clients that read as fast as they are written to. Called once per request of
+    /// a publisher (an API call, however many channels it names; a client's publish; a
+    /// library's `Node::publish`), never by the node's own events.
     pub async fn wait_for_delivery_capacity(&self) {
+        let max_wait = self.config.client.publish_backpressure_wait;
+        if max_wait.is_zero() {
+            return;
+        }
         let connections = || self.connections.len();
-        self.congestion.wait_for_capacity(connections, crate::congestion::MAX_WAIT).await;
+        self.congestion.wait_for_capacity(connections, max_wait).await;
     }
 
     /// `defer_fan_out`: the caller flushes the channel with `delivery.flush_publications` once
@@ -694,7 +700,28 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, Node};
+    use std::time::{Duration, Instant};
+
+    /// A node whose every connection (none) counts as backed up sixteen times over: congested.
+    fn congested_node(publish_backpressure_wait: Duration) -> Node {
+        let mut config = herald_config::embedded_defaults();
+        config.client.publish_backpressure_wait = publish_backpressure_wait;
+        let node = Node::new(config).expect("node");
+        for _ in 0..crate::congestion::MIN_BACKED_UP {
+            node.inner.congestion.backed_up();
+        }
+        node
+    }
+
+    #[tokio::test]
+    async fn publishes_wait_for_a_congested_server_up_to_the_configured_bound() {
+        let bound = Duration::from_millis(40);
+        let node = congested_node(bound);
+        let started = Instant::now();
+        node.publish_json("news", &serde_json::json!({"n": 1})).await.expect("published after the wait");
+        assert!(started.elapsed() >= bound, "waited its bound: {:?}", started.elapsed());
+    }
 
     #[test]
     fn glob() {

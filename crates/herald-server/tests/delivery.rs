@@ -238,24 +238,40 @@ async fn metric(server: &TestServer, name: &str) -> f64 {
 #[tokio::test]
 async fn publishes_wait_while_a_quarter_of_the_connections_are_backed_up() {
     const STALLED: usize = herald_server::congestion::MIN_BACKED_UP;
-    let server = TestServer::start(delivery_config()).await;
+    // Queues far larger than what a connection's writer takes in one go (64 KiB), so a stalled
+    // connection stays backed up while its blocked write inches on.
+    let mut config = delivery_config();
+    config.client.queue_max_size = 1 << 20;
+    // Short, so the publishes made while the sockets fill up do not add up to seconds.
+    config.client.publish_backpressure_wait = Duration::from_millis(10);
+    let server = TestServer::start(config).await;
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
         stalled.push(stalled_subscriber(&server, "jam").await);
     }
     assert_eq!(metric(&server, "herald_publish_backpressure_total").await, 0.0);
-    // Every subscriber stops reading: their sockets fill, then their queues pass a quarter of
-    // the limit, and every connection there is counts as backed up.
-    for n in 1..=FLOOD as u64 {
+    // Every subscriber stops reading. Past what the kernel can hold for a connection (its
+    // largest send buffer, and the peer's receive window) plus a quarter of the queue limit,
+    // every connection there is must be backed up, and stays so.
+    let kernel_holds = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20)
+        + 64 * 1024;
+    let enough = (kernel_holds + (1 << 20) / 4) / PAD + 2;
+    for n in 1..=enough as u64 {
         publish(&server, "jam", n, Priority::Low).await;
-        if server.node.backed_up_connections() >= STALLED {
-            break;
-        }
     }
     assert_eq!(server.node.backed_up_connections(), STALLED, "all backed up");
-    // Now a publish waits (for at most its bound: nobody drains these queues).
+    // Now a publish waits (its full bound: nobody drains these queues).
     let last = publish(&server, "jam", 0, Priority::Low).await;
-    assert!(metric(&server, "herald_publish_backpressure_total").await >= 1.0, "the publish waited");
+    let waits = metric(&server, "herald_publish_backpressure_total").await;
+    assert!(waits >= 1.0, "the publish waited");
+    // An API call waits once, however many channels it publishes to.
+    assert_eq!(server.node.backed_up_connections(), STALLED, "still all backed up");
+    let reply = server.api("broadcast", json!({"channels": ["spare1", "spare2", "spare3"], "data": {}})).await;
+    assert_eq!(reply["result"]["responses"].as_array().map(Vec::len), Some(3), "{reply}");
+    assert_eq!(metric(&server, "herald_publish_backpressure_total").await, waits + 1.0, "one wait per call");
 
     // Once they read again, their queues drain and publishes go straight through.
     for client in &mut stalled {
