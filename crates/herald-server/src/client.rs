@@ -260,8 +260,7 @@ impl Session {
             let result = self.node.publish(publish, "client").await.map(|_| ());
             return self.reply_publish(id, started, result);
         }
-        let backpressure = !self.node.config.client.publish_backpressure_wait.is_zero();
-        if backpressure && self.node.congestion.is_congested(self.node.connections.len()) {
+        if self.node.publishers_must_wait() {
             // What the burst deferred goes out first; replies to what is done meanwhile still
             // go out while this publish waits for the queues to drain.
             self.flush_deferred();

@@ -596,12 +596,15 @@ impl NodeInner {
     /// a publisher (an API call, however many channels it names; a client's publish; a
     /// library's `Node::publish`), never by the node's own events.
     pub async fn wait_for_delivery_capacity(&self) {
-        let max_wait = self.config.client.publish_backpressure_wait;
-        if max_wait.is_zero() {
-            return;
+        if self.publishers_must_wait() {
+            let connections = || self.connections.len();
+            self.congestion.wait_for_capacity(connections, self.config.client.publish_backpressure_wait).await;
         }
-        let connections = || self.connections.len();
-        self.congestion.wait_for_capacity(connections, max_wait).await;
+    }
+
+    /// Backpressure is on and the server is congested now: a publisher's next request waits.
+    pub fn publishers_must_wait(&self) -> bool {
+        !self.config.client.publish_backpressure_wait.is_zero() && self.congestion.is_congested(self.connections.len())
     }
 
     /// `defer_fan_out`: the caller flushes the channel with `delivery.flush_publications` once
